@@ -1,0 +1,56 @@
+# Mailward: the two commands a new machine needs are `make demo` and `make test`.
+# Both install what is missing first (Debian packages as root, then a virtualenv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help deps deps-bench venv lint test unit integration demo demo-stop bench clean
+
+help:
+	@echo "make demo       install, start a private Postfix + Dovecot + DNS + Mailward, send sample mail"
+	@echo "make demo-stop  stop everything the demo started"
+	@echo "make test       install and run lint + the whole test suite"
+	@echo "make lint       ruff + mypy"
+	@echo "make bench      throughput and latency of the services (and peers)"
+
+deps:
+	@bash deploy/scripts/install-system-deps.sh core
+
+deps-bench:
+	@bash deploy/scripts/install-system-deps.sh bench
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet --editable '.[test]'
+	@touch $(STAMP)
+
+venv: deps $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit tests/conformance $(PYTEST_ARGS)
+
+integration: venv
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test: venv lint
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) deploy/demo/demo.py start
+
+demo-stop:
+	@test -x $(PY) && $(PY) deploy/demo/demo.py stop || echo "nothing to stop (no virtualenv)"
+
+bench: deps-bench $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install the Debian packages Mailward's demo, tests and benchmarks need.
+#
+# Idempotent: packages already present are not fetched again, and the package
+# lists are refreshed only when something is missing.  Daemons shipped by these
+# packages are NOT started (or left running): Mailward's demo and tests start
+# private instances of Postfix, Dovecot, nsd and Redis on loopback, and an admin's
+# system services are none of our business.
+#
+# Usage: install-system-deps.sh [core|bench]
+set -euo pipefail
+
+profile="${1:-core}"
+core_packages=(
+  postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve
+  nsd redis-server swaks libmilter-dev python3-venv python3-dev gcc make
+  opendkim-tools
+)
+bench_packages=(opendkim opendkim-tools rspamd postfix-policyd-spf-python)
+
+case "$profile" in
+  core) wanted=("${core_packages[@]}") ;;
+  bench) wanted=("${core_packages[@]}" "${bench_packages[@]}") ;;
+  *) echo "usage: $0 [core|bench]" >&2; exit 2 ;;
+esac
+
+missing=()
+for pkg in "${wanted[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${missing[*]}" >&2
+  echo "run as root, or install them: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Postfix asks how to configure itself; "No configuration" leaves /etc/postfix alone.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+
+# Keep maintainer scripts from starting system daemons while we install.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  created_policy=1
+fi
+cleanup() { if [ "$created_policy" -eq 1 ]; then rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "Debian packages installed"

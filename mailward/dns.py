@@ -1,0 +1,305 @@
+"""DNS for every check: one resolver, one cache, outcomes that keep their meaning.
+
+Authentication results hinge on telling DNS outcomes apart: NXDOMAIN ("no such
+name") and NODATA ("name exists, no record of that type") are answers and may make a
+check fail; a timeout, SERVFAIL or REFUSED says nothing about the sender and must become
+`temperror`, never `fail`.  Every lookup therefore returns a `DnsAnswer` with an
+explicit `Outcome` instead of raising library exceptions at the caller.
+
+Checks depend on the `Resolver` protocol only.  `DnsResolver` talks to real servers
+through dnspython with a TTL-honouring cache; `InMemoryResolver` answers from zone text
+for unit tests and conformance suites.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import dns.exception
+import dns.message
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.zone
+from dns.rdata import Rdata
+from dns.rdtypes.ANY.SOA import SOA
+from dns.rdtypes.ANY.TXT import TXT
+
+from mailward import metrics
+from mailward.config import DnsSettings
+
+
+class Outcome(StrEnum):
+    """What a query established about the name."""
+
+    ANSWER = "answer"  # records of the asked type exist
+    NXDOMAIN = "nxdomain"  # the name does not exist
+    NODATA = "nodata"  # the name exists, but has no record of this type
+    TEMPERROR = "temperror"  # timeout, SERVFAIL, REFUSED, network error: try again later
+    INVALID_NAME = "invalid_name"  # the name cannot be queried (bad syntax, too long)
+
+
+@dataclass(frozen=True)
+class DnsAnswer:
+    """The result of one lookup, cached or fresh.
+
+    `records` is the presentation form of each record (addresses, host names without the
+    trailing dot, TXT strings concatenated as RFC 7208 and RFC 6376 require).  For TXT,
+    `txt_strings` keeps each record's character-strings as bytes, for libraries that want
+    them unjoined.
+    """
+
+    name: str
+    rdtype: str
+    outcome: Outcome
+    records: tuple[str, ...] = ()
+    txt_strings: tuple[tuple[bytes, ...], ...] = ()
+    ttl: int = 0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.ANSWER
+
+    @property
+    def is_temporary_failure(self) -> bool:
+        return self.outcome is Outcome.TEMPERROR
+
+
+class Resolver(Protocol):
+    """What checks need from DNS; implemented by DnsResolver and InMemoryResolver."""
+
+    def query(self, name: str, rdtype: str) -> DnsAnswer: ...
+
+
+def _record_text(rdata: Rdata) -> str:
+    if isinstance(rdata, TXT):
+        return b"".join(rdata.strings).decode("utf-8", "replace")
+    return rdata.to_text().rstrip(".") if rdata.rdtype in _NAME_TYPES else rdata.to_text()
+
+
+_NAME_TYPES = {dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS}
+
+
+def answer_from_rdatas(
+    name: str, rdtype: str, rdatas: Iterable[Rdata], ttl: int
+) -> DnsAnswer:
+    """Build an ANSWER from dnspython rdata, shared by the real and in-memory resolvers."""
+    items = list(rdatas)
+    txt = tuple(tuple(r.strings) for r in items if isinstance(r, TXT))
+    return DnsAnswer(
+        name=name,
+        rdtype=rdtype,
+        outcome=Outcome.ANSWER,
+        records=tuple(_record_text(r) for r in items),
+        txt_strings=txt,
+        ttl=ttl,
+    )
+
+
+def _normalise(name: str) -> str:
+    return name.rstrip(".").lower()
+
+
+class _Cache:
+    """A bounded LRU of answers that expire with their TTL.  Thread-safe."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> DnsAnswer | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            expires, answer = entry
+            remaining = expires - self._clock()
+            if remaining <= 0:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+        # Report the remaining TTL, as a caching resolver would.
+        return DnsAnswer(
+            answer.name, answer.rdtype, answer.outcome, answer.records,
+            answer.txt_strings, int(remaining), answer.error,
+        )
+
+    def put(self, key: tuple[str, str], answer: DnsAnswer) -> None:
+        if self._max <= 0 or answer.ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self._clock() + answer.ttl, answer)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class DnsResolver:
+    """Resolver over dnspython with a TTL-honouring cache and per-query metrics.
+
+    Positive answers are cached for their TTL, NXDOMAIN and NODATA for the SOA's
+    negative TTL (RFC 2308) capped by `negative_ttl_max`; temporary failures are never
+    cached, so that recovery is seen at once.
+    """
+
+    def __init__(
+        self, settings: DnsSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._settings = settings
+        resolver = dns.resolver.Resolver(configure=not settings.nameservers)
+        if settings.nameservers:
+            resolver.nameservers = list(settings.nameservers)
+        resolver.port = settings.port
+        resolver.timeout = settings.timeout
+        resolver.lifetime = settings.timeout
+        # Never retry on SERVFAIL: it is an answer (temperror), and retrying multiplies
+        # the time a message waits on a broken zone.
+        resolver.retry_servfail = False
+        self._resolver = resolver
+        self._cache = _Cache(settings.cache_entries, clock)
+
+    def query(self, name: str, rdtype: str) -> DnsAnswer:
+        key = (_normalise(name), rdtype.upper())
+        cached = self._cache.get(key)
+        if cached is not None:
+            metrics.DNS_CACHE_LOOKUPS.labels("hit").inc()
+            return cached
+        metrics.DNS_CACHE_LOOKUPS.labels("miss").inc()
+        started = time.perf_counter()
+        answer = self._query_wire(*key)
+        metrics.DNS_QUERY_SECONDS.labels(key[1]).observe(time.perf_counter() - started)
+        metrics.DNS_QUERIES.labels(key[1], answer.outcome.value).inc()
+        self._cache.put(key, answer)
+        return answer
+
+    def _query_wire(self, name: str, rdtype: str) -> DnsAnswer:
+        try:
+            qname = dns.name.from_text(name)
+            qtype = dns.rdatatype.from_text(rdtype)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
+        try:
+            result = self._resolver.resolve(
+                qname, qtype, raise_on_no_answer=False, search=False
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            return DnsAnswer(
+                name, rdtype, Outcome.NXDOMAIN, ttl=self._negative_ttl(exc.response(qname))  # type: ignore[no-untyped-call]
+            )
+        except dns.resolver.NoNameservers as exc:
+            # Every server answered SERVFAIL or REFUSED (or was unusable).
+            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=_short(exc))
+        except dns.exception.Timeout as exc:
+            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=_short(exc))
+        except dns.exception.DNSException as exc:
+            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=_short(exc))
+        except OSError as exc:
+            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=f"network error: {exc}")
+        if result.rrset is None:
+            return DnsAnswer(
+                name, rdtype, Outcome.NODATA, ttl=self._negative_ttl(result.response)
+            )
+        ttl = max(0, int(result.expiration - time.time()))
+        return answer_from_rdatas(name, rdtype, result.rrset, ttl)
+
+    def _negative_ttl(self, response: dns.message.Message | None) -> int:
+        if response is None:
+            return 0
+        for rrset in response.authority:
+            for rdata in rrset:
+                if isinstance(rdata, SOA):
+                    return min(rrset.ttl, rdata.minimum, self._settings.negative_ttl_max)
+        return 0  # RFC 2308: without an SOA, a negative answer is not cached
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass
+class InMemoryResolver:
+    """Answers from zone text, for unit tests and conformance suites: no sockets.
+
+    Names outside every loaded zone are NXDOMAIN.  `fail(name)` makes a name answer
+    TEMPERROR (as a dead server would), and `queries` records every lookup so tests can
+    count DNS work.
+    """
+
+    zones: dict[str, dns.zone.Zone] = field(default_factory=dict)
+    failing: set[tuple[str, str | None]] = field(default_factory=set)
+    queries: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_zones(cls, zones: Mapping[str, str]) -> InMemoryResolver:
+        resolver = cls()
+        for origin, text in zones.items():
+            resolver.add_zone(origin, text)
+        return resolver
+
+    def add_zone(self, origin: str, text: str) -> None:
+        """Load a zone; an SOA is supplied if the text has none."""
+        origin = _normalise(origin)
+        if " SOA " not in text.upper() and "\tSOA\t" not in text.upper():
+            text = f"@ 300 IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 300\n" + text
+        self.zones[origin] = dns.zone.from_text(
+            text, origin=origin + ".", relativize=False, check_origin=False
+        )
+
+    def fail(self, name: str, rdtype: str | None = None) -> None:
+        self.failing.add((_normalise(name), rdtype.upper() if rdtype else None))
+
+    def query(self, name: str, rdtype: str) -> DnsAnswer:
+        qname_text, qtype_text = _normalise(name), rdtype.upper()
+        self.queries.append((qname_text, qtype_text))
+        if {(qname_text, qtype_text), (qname_text, None)} & self.failing:
+            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error="simulated failure")
+        try:
+            qname = dns.name.from_text(qname_text)
+            qtype = dns.rdatatype.from_text(qtype_text)
+        except (dns.exception.DNSException, ValueError) as exc:
+            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
+        return self._lookup(name, rdtype, qname, qtype, depth=0)
+
+    def _lookup(
+        self, name: str, rdtype: str, qname: dns.name.Name, qtype: dns.rdatatype.RdataType,
+        depth: int,
+    ) -> DnsAnswer:
+        zone = self._zone_for(qname)
+        if zone is None:
+            return DnsAnswer(name, rdtype, Outcome.NXDOMAIN, ttl=300)
+        node = zone.get_node(qname)
+        if node is None:
+            has_children = any(other.is_subdomain(qname) for other in zone.nodes)
+            outcome = Outcome.NODATA if has_children else Outcome.NXDOMAIN
+            return DnsAnswer(name, rdtype, outcome, ttl=300)
+        rdataset = node.get_rdataset(dns.rdataclass.IN, qtype)
+        if rdataset is not None:
+            return answer_from_rdatas(name, rdtype, rdataset, rdataset.ttl)
+        cname = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.CNAME)
+        if cname is not None and depth < 8:
+            target = next(iter(cname)).target
+            return self._lookup(name, rdtype, target, qtype, depth + 1)
+        return DnsAnswer(name, rdtype, Outcome.NODATA, ttl=300)
+
+    def _zone_for(self, qname: dns.name.Name) -> dns.zone.Zone | None:
+        best: dns.zone.Zone | None = None
+        best_depth = -1
+        for zone in self.zones.values():
+            origin = zone.origin
+            if origin is not None and qname.is_subdomain(origin) and len(origin) > best_depth:
+                best, best_depth = zone, len(origin)
+        return best

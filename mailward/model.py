@@ -1,0 +1,195 @@
+"""The engine's vocabulary: what comes in (Connection, Transaction) and what goes out (Verdict).
+
+These types are the boundary between the MTA adapters (milters/, policyd/) and the engine.
+They are frozen values so that a check can never change what another check sees, and so
+that the same Transaction can be evaluated twice (tests, re-evaluation after reload) with
+the same result.  Adapters build them; the engine only reads them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Action(StrEnum):
+    """What the MTA should do with the message."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+    QUARANTINE = "quarantine"
+    DISCARD = "discard"
+
+
+class Direction(StrEnum):
+    """Which path the pipeline takes: verify what comes in, sign what goes out."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+@dataclass(frozen=True)
+class SmtpReply:
+    """An SMTP reply the MTA should send instead of its own (RFC 5321 + RFC 3463 codes)."""
+
+    code: str
+    enhanced: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if len(self.code) != 3 or not self.code.isdigit() or self.code[0] not in "45":
+            raise ValueError(f"SMTP reply code must be 4xx or 5xx, got {self.code!r}")
+        if self.enhanced and self.enhanced[0] != self.code[0]:
+            raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}".replace("  ", " ")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One SMTP client connection as the MTA describes it.
+
+    `client_ip` is None when the message did not come over SMTP (Postfix's sendmail
+    command through `non_smtpd_milters`).  `auth_user` is the SASL login name
+    (`{auth_authen}`), None for unauthenticated sessions.
+    """
+
+    client_ip: IPAddress | None
+    client_name: str = "unknown"
+    client_port: int | None = None
+    helo: str | None = None
+    auth_user: str | None = None
+    macros: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def client_label(self) -> str:
+        """The client the way Postfix logs it: name[address]."""
+        address = str(self.client_ip) if self.client_ip is not None else "local"
+        return f"{self.client_name}[{address}]"
+
+
+@dataclass(frozen=True)
+class Header:
+    """One header field exactly as received: name and raw value (folding kept).
+
+    The value keeps its original bytes decoded with surrogateescape, so that a signature
+    check later sees what the sender signed, and non-UTF-8 bytes survive a round trip.
+    """
+
+    name: str
+    value: str
+
+    def raw_value(self) -> bytes:
+        return self.value.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One message: envelope (MAIL FROM, RCPT TO) and content (headers, body).
+
+    `body` holds at most the configured cap; `body_size` is what the client really sent,
+    and `body_truncated` says that checks see only a prefix.
+    """
+
+    queue_id: str | None
+    mail_from: str
+    recipients: tuple[str, ...]
+    headers: tuple[Header, ...]
+    body: bytes = b""
+    body_size: int = 0
+    body_truncated: bool = False
+    mail_params: Mapping[str, str | None] = field(default_factory=dict)
+
+    def headers_named(self, name: str) -> Iterator[tuple[int, Header]]:
+        """Yield (occurrence, header) for each header called `name`, case-insensitively.
+
+        The occurrence is 1-based among headers of that name, which is the index the
+        milter protocol's change-header command uses to address one of several.
+        """
+        wanted = name.lower()
+        occurrence = 0
+        for header in self.headers:
+            if header.name.lower() == wanted:
+                occurrence += 1
+                yield occurrence, header
+
+    @property
+    def log_id(self) -> str:
+        return self.queue_id or "NOQUEUE"
+
+
+@dataclass(frozen=True)
+class AuthProperty:
+    """One `ptype.property=value` of an Authentication-Results resinfo (RFC 8601 2.3)."""
+
+    ptype: str
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    """The typed outcome of one authentication method, as it goes into A-R.
+
+    Checks return these; the A-R header is built from them, never from symbol names.
+    """
+
+    method: str
+    result: str
+    reason: str | None = None
+    properties: tuple[AuthProperty, ...] = ()
+
+
+@dataclass(frozen=True)
+class InsertHeader:
+    """Insert a header at `index` (0 = top of the message)."""
+
+    name: str
+    value: str
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class AppendHeader:
+    """Add a header after the existing ones."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class RemoveHeader:
+    """Remove the `occurrence`-th (1-based) header called `name`."""
+
+    name: str
+    occurrence: int
+
+
+HeaderEdit = InsertHeader | AppendHeader | RemoveHeader
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the engine decided about one message, and why.
+
+    The adapter translates this into MTA commands and does nothing else: `reply` goes
+    with reject/tempfail, `header_edits` are applied in order (removals are listed
+    before insertions so that occurrence indexes refer to the message as received).
+    """
+
+    action: Action
+    reply: SmtpReply | None = None
+    header_edits: tuple[HeaderEdit, ...] = ()
+    results: tuple[AuthResult, ...] = ()
+    direction: Direction = Direction.INBOUND
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.action in (Action.REJECT, Action.TEMPFAIL) and self.reply is None:
+            raise ValueError(f"a {self.action} verdict needs an SMTP reply")

@@ -1,0 +1,102 @@
+"""What both long-running services need around the engine: logging, metrics, sockets.
+
+Kept apart from the protocol code so that the milter and the policy service set up
+their surroundings the same way, and so that neither re-implements socket permissions
+or the metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+from mailward.config import ListenAddress, LogLevel, SocketAddress, SocketKind, SocketPermissions
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def configure_logging(service: str, level: LogLevel) -> None:
+    """One line per event on stderr; systemd's journal (or the harness) keeps it."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s mailward-{service}[%(process)d] %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    set_log_level(level)
+
+
+def set_log_level(level: LogLevel) -> None:
+    logging.getLogger().setLevel(level.value.upper())
+
+
+def start_metrics_endpoint(listen: ListenAddress | None) -> None:
+    """Serve /metrics on `listen` in a daemon thread; aggregate worker processes if any."""
+    if listen is None:
+        return
+    registry: CollectorRegistry | None = None
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    if registry is None:
+        start_http_server(listen.port, addr=listen.host)
+    else:
+        start_http_server(listen.port, addr=listen.host, registry=registry)
+    logging.getLogger(__name__).info("metrics on http://%s/metrics", listen)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Let the multiprocess collector drop a dead worker's live gauges."""
+    if os.environ.get(MULTIPROC_ENV):
+        prometheus_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def ensure_socket_directory(address: SocketAddress) -> None:
+    """Create the parent directory of a unix socket (e.g. /run/mailward) if missing."""
+    if address.kind is SocketKind.UNIX:
+        Path(address.path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def socket_in_use(address: SocketAddress) -> bool:
+    """True if something already accepts connections on a unix socket path.
+
+    Removing a live socket would silently cut off the instance that owns it; a stale
+    file left by a crash is safe to replace.
+    """
+    if address.kind is not SocketKind.UNIX or not os.path.exists(address.path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(address.path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def apply_socket_permissions(address: SocketAddress, permissions: SocketPermissions) -> None:
+    """Give a unix socket the configured mode and group so Postfix may connect."""
+    if address.kind is not SocketKind.UNIX:
+        return
+    if permissions.group:
+        gid = grp.getgrnam(permissions.group).gr_gid
+        os.chown(address.path, -1, gid)
+    os.chmod(address.path, permissions.mode)
+
+
+def remove_unix_socket(address: SocketAddress) -> None:
+    if address.kind is SocketKind.UNIX:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address.path)

@@ -1,0 +1,334 @@
+"""The milter service: one listening socket, N pymilter worker processes, a supervisor.
+
+Why this shape:
+- libmilter runs one thread per MTA connection inside one process; Python's GIL caps
+  that at one core.  The supervisor opens the socket once and forks `workers`
+  processes that all accept on it, so the kernel spreads connections across cores.
+- libmilter owns SIGHUP/SIGTERM inside a worker (it stops on either).  So only the
+  supervisor handles signals: SIGTERM is passed on to the workers, which stop
+  accepting and finish their open sessions (bounded by `shutdown_timeout`); SIGHUP
+  makes the supervisor validate the configuration and bump a shared generation
+  counter, and each worker picks the new configuration up at its next connection.
+  Sessions in flight finish with the configuration they started with, and the socket
+  is never closed, so a reload drops nothing.
+- A worker that dies unexpectedly is logged and replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import Milter
+import milter
+
+from mailward import metrics, runtime
+from mailward.config import ConfigError, Settings, load_settings
+from mailward.pipeline import Pipeline
+from milters.session import MilterSession
+
+log = logging.getLogger("mailward.milter")
+
+PipelineFactory = Callable[[Settings], Pipeline]
+
+_RESPAWN_WINDOW = 10.0  # seconds: a worker dying sooner than this counts as a crash loop
+_MAX_QUICK_DEATHS = 5
+
+
+class SharedGeneration:
+    """A counter in anonymous shared memory: the supervisor bumps it, workers read it."""
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, 8)
+
+    def get(self) -> int:
+        return int(struct.unpack_from("Q", self._map, 0)[0])
+
+    def bump(self) -> int:
+        value = self.get() + 1
+        struct.pack_into("Q", self._map, 0, value)
+        return value
+
+
+@dataclass
+class ReloadingPipelineSource:
+    """A worker's engine; rebuilt from the config file when the generation moves on."""
+
+    config_path: Path
+    generation: SharedGeneration
+    factory: PipelineFactory
+    pipeline: Pipeline
+    seen_generation: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def current(self) -> Pipeline:
+        wanted = self.generation.get()
+        if wanted == self.seen_generation:
+            return self.pipeline
+        with self._lock:
+            if wanted != self.seen_generation:
+                self._reload(wanted)
+        return self.pipeline
+
+    def _reload(self, wanted: int) -> None:
+        self.seen_generation = wanted  # even on failure: do not retry on every connection
+        try:
+            settings = load_settings(self.config_path)
+            self.pipeline = self.factory(settings)
+        except ConfigError as exc:
+            log.error("worker keeps its configuration: %s", exc)
+            return
+        except Exception:
+            log.exception("worker keeps its configuration: building the engine failed")
+            metrics.ERRORS.labels("reload").inc()
+            return
+        runtime.set_log_level(settings.general.log_level)
+        log.info("worker reloaded configuration (generation %d)", wanted)
+
+
+class SessionRegistry:
+    """Creates a MilterSession per MTA connection and counts the open ones.
+
+    The count lets a stopping worker wait for sessions in flight instead of cutting
+    them off mid-message.
+    """
+
+    def __init__(self) -> None:
+        self.source: ReloadingPipelineSource | None = None
+        self._open = 0
+        self._idle = threading.Condition()
+
+    def _new_session(self, ctx: Any) -> MilterSession:
+        assert self.source is not None, "worker started without an engine"
+        session = MilterSession(self.source)
+        session._setctx(ctx)
+        with self._idle:
+            self._open += 1
+        return session
+
+    def negotiate(self, ctx: Any, opts: list[int]) -> int:
+        return int(self._new_session(ctx).negotiate(opts))
+
+    def connect(self, ctx: Any, hostname: str, family: int, hostaddr: Any) -> int:
+        session = ctx.getpriv() or self._new_session(ctx)
+        return int(session.connect(hostname, family, hostaddr))
+
+    def close(self, ctx: Any) -> int:
+        session = ctx.getpriv()
+        if session is None:
+            return int(Milter.CONTINUE)
+        try:
+            return int(session.close())
+        finally:
+            session._setctx(None)
+            with self._idle:
+                self._open -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> int:
+        """Wait until no session is open, at most `timeout` seconds; return those left."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._open > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._idle.wait(remaining)
+            return self._open
+
+    def register(self, settings: Settings) -> None:
+        """Hand libmilter our callbacks; inherited by every forked worker."""
+        milter.set_flags(milter.ADDHDRS | milter.CHGHDRS | milter.QUARANTINE)
+        milter.set_connect_callback(self.connect)
+        milter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+        milter.set_envfrom_callback(lambda ctx, *args: ctx.getpriv().envfrom_bytes(*args))
+        milter.set_envrcpt_callback(lambda ctx, *args: ctx.getpriv().envrcpt_bytes(*args))
+        milter.set_header_callback(lambda ctx, name, value: ctx.getpriv().header_bytes(name, value))
+        milter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+        milter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+        milter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+        milter.set_close_callback(self.close)
+        milter.setconn(settings.milter.socket.libmilter_spec())
+        milter.settimeout(settings.milter.mta_timeout)
+        milter.register("mailward", negotiate=self.negotiate)
+
+
+class MilterService:
+    """The supervisor process."""
+
+    def __init__(self, config_path: Path, settings: Settings, factory: PipelineFactory) -> None:
+        self.config_path = config_path
+        self.settings = settings
+        self.factory = factory
+        self.generation = SharedGeneration()
+        self.registry = SessionRegistry()
+        self.workers: dict[int, float] = {}  # pid -> start time
+        self._stopping = False
+        self._quick_deaths = 0
+
+    # ------------------------------------------------------------------ supervisor
+
+    def run(self) -> int:
+        address = self.settings.milter.socket
+        # Build the engine once here, so a broken configuration fails loudly at start
+        # instead of in a crash-looping worker.
+        self.factory(self.settings)
+        runtime.ensure_socket_directory(address)
+        if runtime.socket_in_use(address):
+            log.error("another process already listens on %s", address)
+            return 1
+        signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        self.registry.register(self.settings)
+        try:
+            milter.opensocket(True)
+        except milter.error as exc:
+            log.error("cannot listen on %s: %s", address, exc)
+            return 1
+        try:
+            runtime.apply_socket_permissions(address, self.settings.milter.socket_permissions)
+            runtime.start_metrics_endpoint(self.settings.metrics.listen)
+        except (OSError, KeyError) as exc:
+            log.error("cannot set up %s or the metrics endpoint: %s", address, exc)
+            runtime.remove_unix_socket(address)
+            return 1
+        log.info("mailward milter listening on %s with %d worker(s)",
+                 address, self.settings.milter.workers)
+        for _ in range(self.settings.milter.workers):
+            self._spawn()
+        try:
+            return self._supervise(signals)
+        finally:
+            runtime.remove_unix_socket(address)
+
+    def _supervise(self, signals: set[signal.Signals]) -> int:
+        status = 0
+        deadline: float | None = None
+        while self.workers:
+            timeout = 1.0 if deadline is None else max(0.05, deadline - time.monotonic())
+            info = signal.sigtimedwait(signals, timeout)
+            if info is not None:
+                if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
+                    deadline = self._begin_shutdown()
+                elif info.si_signo == signal.SIGHUP and not self._stopping:
+                    self._reload()
+            if not self._reap():
+                status = 1
+            if deadline is not None and time.monotonic() >= deadline:
+                for pid in list(self.workers):
+                    log.warning("worker %d did not stop in time; killing it", pid)
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5.0
+        log.info("mailward milter stopped")
+        return status
+
+    def _begin_shutdown(self) -> float:
+        self._stopping = True
+        log.info("stopping: workers finish open sessions (at most %.0fs)",
+                 self.settings.milter.shutdown_timeout)
+        for pid in self.workers:
+            os.kill(pid, signal.SIGTERM)
+        return time.monotonic() + self.settings.milter.shutdown_timeout + 2.0
+
+    def _reload(self) -> None:
+        try:
+            new = load_settings(self.config_path)
+            self.factory(new)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            metrics.CONFIG_RELOADS.labels("error").inc()
+            return
+        except Exception:
+            log.exception("reload refused: building the engine failed")
+            metrics.CONFIG_RELOADS.labels("error").inc()
+            return
+        fixed = {
+            "milter.socket": (self.settings.milter.socket, new.milter.socket),
+            "milter.workers": (self.settings.milter.workers, new.milter.workers),
+            "metrics.listen": (self.settings.metrics.listen, new.metrics.listen),
+        }
+        for key, (old, changed) in fixed.items():
+            if old != changed:
+                log.warning("%s changed from %s to %s: takes effect after a restart",
+                            key, old, changed)
+        self.settings = new
+        runtime.set_log_level(new.general.log_level)
+        generation = self.generation.bump()
+        metrics.CONFIG_RELOADS.labels("ok").inc()
+        log.info("configuration reloaded from %s (generation %d)", self.config_path, generation)
+
+    def _reap(self) -> bool:
+        """Collect exited workers; replace crashed ones.  False on a crash loop."""
+        healthy = True
+        while self.workers:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            started = self.workers.pop(pid, None)
+            runtime.mark_worker_dead(pid)
+            if started is None or self._stopping:
+                continue
+            log.error("worker %d exited unexpectedly (%s); starting a new one",
+                      pid, _describe_status(wait_status))
+            metrics.ERRORS.labels("worker_exit").inc()
+            if time.monotonic() - started < _RESPAWN_WINDOW:
+                self._quick_deaths += 1
+            if self._quick_deaths >= _MAX_QUICK_DEATHS:
+                log.critical("workers keep dying; giving up")
+                self._begin_shutdown()
+                healthy = False
+                continue
+            self._spawn()
+        return healthy
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self._worker()  # never returns
+        self.workers[pid] = time.monotonic()
+
+    # ------------------------------------------------------------------ worker
+
+    def _worker(self) -> None:
+        code = 0
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            self.registry.source = ReloadingPipelineSource(
+                config_path=self.config_path,
+                generation=self.generation,
+                factory=self.factory,
+                pipeline=self.factory(self.settings),
+                seen_generation=self.generation.get(),
+            )
+            milter.main()  # returns once libmilter saw SIGTERM and stopped accepting
+            left = self.registry.wait_idle(self.settings.milter.shutdown_timeout)
+            if left:
+                log.warning("worker stopping with %d session(s) still open", left)
+        except BaseException:  # a forked child must never return into the parent's code
+            log.exception("worker failed")
+            code = 1
+        finally:
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def _describe_status(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        return f"killed by signal {os.WTERMSIG(wait_status)}"
+    return f"exit status {os.waitstatus_to_exitcode(wait_status)}"

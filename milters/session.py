@@ -1,0 +1,300 @@
+"""The pymilter adapter: milter callbacks in, engine values out, Verdict back to milter calls.
+
+One `MilterSession` lives for one MTA connection (which may carry several messages).
+Callbacks only record what the MTA tells us; nothing is decided before end-of-message.
+Every callback is wrapped so that an exception is logged and remembered instead of
+escaping into libmilter: the message then gets the configured `on_internal_error`
+action at end-of-message, which is the one place where the MTA hears our answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar, cast
+
+import Milter
+
+from mailward import metrics
+from mailward.model import (
+    Action,
+    AppendHeader,
+    Connection,
+    Header,
+    HeaderEdit,
+    InsertHeader,
+    IPAddress,
+    RemoveHeader,
+    SmtpReply,
+    Transaction,
+    Verdict,
+)
+from mailward.pipeline import Pipeline
+
+log = logging.getLogger("mailward.milter")
+
+INTERNAL_ERROR_REPLY = SmtpReply("451", "4.3.0", "Temporary local problem, please try again later")
+
+# Macros worth keeping; Postfix sends them at the stages named in its milter_*_macros.
+_INTERESTING_MACROS = (
+    "j", "_", "{daemon_name}", "{daemon_addr}", "{daemon_port}", "{client_addr}",
+    "{client_name}", "{client_ptr}", "{client_resolve}", "{auth_type}", "{auth_authen}",
+    "{tls_version}", "{cipher}", "i", "{mail_addr}", "{rcpt_addr}",
+)
+
+
+class PipelineSource(Protocol):
+    """Where a session gets the engine from; the worker swaps it on reload."""
+
+    def current(self) -> Pipeline: ...
+
+
+@dataclass
+class _Envelope:
+    """What one message collected so far; reset after each message (aiosmtpd's Envelope)."""
+
+    mail_from: str = ""
+    mail_params: dict[str, str | None] = field(default_factory=dict)
+    recipients: list[str] = field(default_factory=list)
+    headers: list[Header] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    body_size: int = 0
+    failed: bool = False  # a callback raised; answer on_internal_error at end-of-message
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# pymilter is untyped; name what we use from it once, with types.
+CONTINUE: int = Milter.CONTINUE
+REJECT: int = Milter.REJECT
+TEMPFAIL: int = Milter.TEMPFAIL
+DISCARD: int = Milter.DISCARD
+noreply = cast(Callable[[F], F], Milter.noreply)
+
+
+def _guarded(func: F) -> F:
+    """Catch what a callback raises: log it with the queue id, never crash libmilter."""
+
+    @functools.wraps(func)
+    def wrapper(self: MilterSession, *args: Any) -> Any:
+        try:
+            return func(self, *args)
+        except Exception:
+            log.exception("%s: error in milter %s callback", self.log_id, func.__name__)
+            metrics.ERRORS.labels("milter").inc()
+            self._envelope.failed = True
+            return CONTINUE
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client_ip(family: int, hostaddr: Any) -> IPAddress | None:
+    if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
+        try:
+            return ipaddress.ip_address(hostaddr[0])
+        except ValueError:
+            return None
+    return None
+
+
+def _milter_text(text: str) -> str:
+    """SMTP reply text libmilter accepts: one line, '%' doubled (else it drops the reply)."""
+    return re.sub(r"[\r\n]+", " ", text).replace("%", "%%")
+
+
+@Milter.header_leading_space
+class MilterSession(Milter.Base):  # type: ignore[misc]
+    """One MTA connection.  Created by libmilter's negotiate callback."""
+
+    def __init__(self, source: PipelineSource) -> None:
+        super().__init__()
+        self._pipeline = source.current()
+        self._connection = Connection(client_ip=None)
+        self._macros: dict[str, str] = {}
+        self._envelope = _Envelope()
+        self._session_counted = False
+
+    @property
+    def log_id(self) -> str:
+        return self._macros.get("i") or "NOQUEUE"
+
+    def _collect_macros(self) -> None:
+        for name in _INTERESTING_MACROS:
+            value = self.getsymval(name)
+            if value:
+                self._macros[name.strip("{}")] = value
+
+    # ------------------------------------------------------------------ callbacks
+
+    @noreply
+    @_guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        metrics.MILTER_SESSIONS.inc()
+        metrics.MILTER_ACTIVE_SESSIONS.inc()
+        self._session_counted = True
+        self._collect_macros()
+        ip = _client_ip(family, hostaddr)
+        port = hostaddr[1] if ip is not None else None
+        self._connection = Connection(
+            client_ip=ip, client_name=hostname or "unknown", client_port=port
+        )
+        return CONTINUE
+
+    @noreply
+    @_guarded
+    def hello(self, heloname: str) -> int:
+        self._connection = replace(self._connection, helo=heloname)
+        return CONTINUE
+
+    @noreply
+    @_guarded
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._envelope = _Envelope()
+        self._collect_macros()
+        self._envelope.mail_from = mailfrom.strip("<>") if mailfrom else ""
+        self._envelope.mail_params = Milter.param2dict(params)
+        return CONTINUE
+
+    @noreply
+    @_guarded
+    def envrcpt(self, to: str, *params: str) -> int:
+        self._envelope.recipients.append(to.strip("<>"))
+        return CONTINUE
+
+    @noreply
+    @_guarded
+    def header(self, name: str, value: str) -> int:
+        # Leading-space mode: the value is exactly what followed the colon.
+        self._envelope.headers.append(Header(name, value))
+        return CONTINUE
+
+    @noreply
+    @_guarded
+    def body(self, chunk: bytes) -> int:
+        envelope = self._envelope
+        envelope.body_size += len(chunk)
+        room = self._pipeline.settings.milter.max_body_size - len(envelope.body)
+        if room > 0:
+            envelope.body += chunk[:room]
+        return CONTINUE
+
+    def eom(self) -> int:
+        started = time.perf_counter()
+        self._collect_macros()
+        try:
+            transaction = self._transaction()
+            verdict = self._decide(transaction)
+            status = self._apply(verdict)
+        except Exception:
+            # Building, deciding or applying failed; the MTA still needs an answer.
+            log.exception("%s: internal error at end of message", self.log_id)
+            metrics.ERRORS.labels("milter").inc()
+            verdict = self._internal_error_verdict()
+            status = self._apply_reply_only(verdict)
+        elapsed = time.perf_counter() - started
+        metrics.MILTER_MESSAGE_SECONDS.observe(elapsed)
+        metrics.MILTER_MESSAGES.labels(verdict.action.value, verdict.direction.value).inc()
+        self._log_message(verdict, elapsed)
+        self._envelope = _Envelope()
+        return status
+
+    def abort(self) -> int:
+        self._envelope = _Envelope()
+        return CONTINUE
+
+    def close(self) -> int:
+        if self._session_counted:
+            metrics.MILTER_ACTIVE_SESSIONS.dec()
+            self._session_counted = False
+        return CONTINUE
+
+    # ------------------------------------------------------------------ decisions
+
+    def _transaction(self) -> Transaction:
+        envelope = self._envelope
+        auth_user = self._macros.get("auth_authen") or None
+        if auth_user != self._connection.auth_user:
+            self._connection = replace(self._connection, auth_user=auth_user)
+        self._connection = replace(self._connection, macros=dict(self._macros))
+        max_body = self._pipeline.settings.milter.max_body_size
+        truncated = envelope.body_size > max_body
+        if truncated:
+            metrics.MILTER_BODY_TRUNCATED.inc()
+        metrics.MILTER_MESSAGE_BYTES.observe(envelope.body_size)
+        return Transaction(
+            queue_id=self._macros.get("i"),
+            mail_from=envelope.mail_from,
+            recipients=tuple(envelope.recipients),
+            headers=tuple(envelope.headers),
+            body=bytes(envelope.body),
+            body_size=envelope.body_size,
+            body_truncated=truncated,
+            mail_params=dict(envelope.mail_params),
+        )
+
+    def _decide(self, transaction: Transaction) -> Verdict:
+        if self._envelope.failed:
+            return self._internal_error_verdict()
+        return self._pipeline.evaluate(self._connection, transaction)
+
+    def _internal_error_verdict(self) -> Verdict:
+        action = self._pipeline.settings.general.on_internal_error.as_action()
+        if action is Action.TEMPFAIL:
+            return Verdict(Action.TEMPFAIL, reply=INTERNAL_ERROR_REPLY, reason="internal error")
+        return Verdict(Action.ACCEPT, reason="internal error (on_internal_error = accept)")
+
+    # ------------------------------------------------------------------ actions
+
+    def _apply(self, verdict: Verdict) -> int:
+        if verdict.action in (Action.REJECT, Action.TEMPFAIL, Action.DISCARD):
+            # The message will not be delivered: header edits would be wasted work.
+            return self._apply_reply_only(verdict)
+        for edit in verdict.header_edits:
+            self._apply_edit(edit)
+        if verdict.action is Action.QUARANTINE:
+            self.quarantine(_milter_text(verdict.reason or "held by Mailward"))
+        return CONTINUE
+
+    def _apply_reply_only(self, verdict: Verdict) -> int:
+        if verdict.reply is not None:
+            reply = verdict.reply
+            self.setreply(reply.code, reply.enhanced or None, _milter_text(reply.text))
+        return {
+            Action.REJECT: REJECT,
+            Action.TEMPFAIL: TEMPFAIL,
+            Action.DISCARD: DISCARD,
+        }.get(verdict.action, CONTINUE)
+
+    def _apply_edit(self, edit: HeaderEdit) -> None:
+        if isinstance(edit, RemoveHeader):
+            self.chgheader(edit.name, edit.occurrence, None)
+        elif isinstance(edit, InsertHeader):
+            self.addheader(edit.name, self._header_value(edit.value), edit.index)
+        elif isinstance(edit, AppendHeader):
+            self.addheader(edit.name, self._header_value(edit.value))
+
+    def _header_value(self, value: str) -> str:
+        # In leading-space mode the MTA takes our value verbatim, space after colon included.
+        if self._protocol & Milter.P_HDR_LEADSPC and not value.startswith((" ", "\t")):
+            return " " + value
+        return value
+
+    def _log_message(self, verdict: Verdict, elapsed: float) -> None:
+        results = ", ".join(f"{r.method}={r.result}" for r in verdict.results) or "none"
+        envelope = self._envelope
+        log.info(
+            "%s: client=%s from=<%s> rcpts=%d size=%d direction=%s action=%s results=%s%s "
+            "duration=%.1fms",
+            self.log_id, self._connection.client_label, envelope.mail_from,
+            len(envelope.recipients), envelope.body_size, verdict.direction.value,
+            verdict.action.value, results,
+            f" reason={verdict.reason!r}" if verdict.reason else "",
+            elapsed * 1000,
+        )
+
