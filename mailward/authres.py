@@ -21,8 +21,10 @@ from mailward.model import AuthProperty, AuthResult, Header, RemoveHeader
 
 HEADER_NAME = "Authentication-Results"
 
-# RFC 2045 token characters: a value made only of these needs no quoting.
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~/@=]+")
+# RFC 2045 token characters (no tspecials): a reason made only of these needs no quoting.
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+")
+# A pvalue may also be written bare as an address, local-part@domain (RFC 8601 2.2).
+_PVALUE = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~/@=]+")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 
 
@@ -42,7 +44,8 @@ def authserv_id_of(value: str) -> str | None:
         if match is None:
             return None
         identifier = match.group(0)
-    identifier = identifier.strip().lower()
+    # A trailing dot names the same host (mx.example.net. is mx.example.net).
+    identifier = identifier.strip().rstrip(".").lower()
     return identifier or None
 
 
@@ -87,9 +90,9 @@ def forged_headers(
     return tuple(reversed(removals))
 
 
-def quote_value(value: str) -> str:
-    """A pvalue or reason as RFC 8601 writes it: a token if possible, else quoted."""
-    if _TOKEN.fullmatch(value):
+def quote_value(value: str, bare: re.Pattern[str] = _PVALUE) -> str:
+    """A pvalue or reason as RFC 8601 writes it: bare if possible, else quoted."""
+    if bare.fullmatch(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     escaped = re.sub(r"[\r\n]+", " ", escaped)
@@ -99,7 +102,7 @@ def quote_value(value: str) -> str:
 def format_result(result: AuthResult) -> str:
     parts = [f"{result.method}={result.result}"]
     if result.reason:
-        parts.append(f"reason={quote_value(result.reason)}")
+        parts.append(f"reason={quote_value(result.reason, _TOKEN)}")
     parts.extend(_format_property(prop) for prop in result.properties)
     return " ".join(parts)
 

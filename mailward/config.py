@@ -125,7 +125,8 @@ def _split_host_port(text: str) -> tuple[str, int]:
             raise ValueError(f"{text!r}: expected HOST:PORT")
         if ":" in host:
             raise ValueError(f"{text!r}: write IPv6 addresses in brackets, [::1]:PORT")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # isascii: str.isdigit() also accepts other scripts' digits, which Postfix does not.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"port must be 1-65535, got {port_text!r}")
     return host, int(port_text)
 

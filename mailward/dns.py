@@ -13,6 +13,7 @@ for unit tests and conformance suites.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -85,7 +86,8 @@ def _record_text(rdata: Rdata) -> str:
     return rdata.to_text().rstrip(".") if rdata.rdtype in _NAME_TYPES else rdata.to_text()
 
 
-_NAME_TYPES = {dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS}
+# Types whose presentation form ends in a host name: drop its trailing dot.
+_NAME_TYPES = {dns.rdatatype.PTR, dns.rdatatype.CNAME, dns.rdatatype.NS, dns.rdatatype.MX}
 
 
 def answer_from_rdatas(
@@ -212,7 +214,9 @@ class DnsResolver:
             return DnsAnswer(
                 name, rdtype, Outcome.NODATA, ttl=self._negative_ttl(result.response)
             )
-        ttl = max(0, int(result.expiration - time.time()))
+        # Round up: the answer is a few microseconds old, and flooring would report
+        # 299 for a fresh TTL of 300 and never cache a TTL of 1.
+        ttl = max(0, math.ceil(result.expiration - time.time()))
         return answer_from_rdatas(name, rdtype, result.rrset, ttl)
 
     def _negative_ttl(self, response: dns.message.Message | None) -> int:

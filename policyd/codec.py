@@ -89,8 +89,7 @@ class PolicyDecoder:
             newline = self._buffer.find(b"\n")
             if newline < 0:
                 if len(self._buffer) + self._request_size > self._max_request:
-                    events.append(self._fatal(ErrorKind.LINE_TOO_LONG,
-                                              f"line longer than {self._max_request} bytes"))
+                    events.append(self._overflow())
                 break
             line = bytes(self._buffer[:newline])
             del self._buffer[: newline + 1]
@@ -109,10 +108,9 @@ class PolicyDecoder:
         return ProtocolError(ErrorKind.TRUNCATED, "connection closed inside a request", True)
 
     def _line(self, line: bytes) -> Event | None:
+        if self._request_size + len(line) + 1 > self._max_request:
+            return self._overflow()
         self._request_size += len(line) + 1
-        if self._request_size > self._max_request:
-            return self._fatal(ErrorKind.REQUEST_TOO_LARGE,
-                               f"request larger than {self._max_request} bytes")
         if line.endswith(b"\r"):
             line = line[:-1]
         if _BINARY.search(line):
@@ -136,6 +134,16 @@ class PolicyDecoder:
         if not attributes:
             return ProtocolError(ErrorKind.EMPTY_REQUEST, "empty request", False)
         return PolicyRequest(attributes)
+
+    def _overflow(self) -> ProtocolError:
+        """The request outgrew max_request.  Which error it is depends on the stream only,
+        never on where a read happened to end: an over-long first line, or a request of
+        several lines that is too large."""
+        if self._request_size == 0:
+            return self._fatal(ErrorKind.LINE_TOO_LONG,
+                               f"line longer than {self._max_request} bytes")
+        return self._fatal(ErrorKind.REQUEST_TOO_LARGE,
+                           f"request larger than {self._max_request} bytes")
 
     def _note(self, kind: ErrorKind, detail: str) -> None:
         if self._problem is None:  # report the first problem of a request

@@ -44,6 +44,7 @@ class PolicyServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()  # connections inside a request
+        self._stopping = False
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -67,6 +68,7 @@ class PolicyServer:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in progress finish, close idle connections."""
+        self._stopping = True
         if self._server is not None:
             self._server.close()
         idle = self._connections - self._busy
@@ -162,6 +164,8 @@ class PolicyServer:
                 return
             if not decoder.pending:
                 self._busy.discard(task)  # between requests: safe to cancel at shutdown
+                if self._stopping:
+                    return  # its request is answered; stop() is waiting for this task
 
     def _handle(self, events: list[PolicyRequest | ProtocolError], peer: str
                 ) -> tuple[list[bytes], bool]:

@@ -1,0 +1,267 @@
+"""The pipeline: direction, forged A-R removal, our A-R header, failing checks; Verdict rules."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+
+import pytest
+from prometheus_client import REGISTRY
+
+from mailward.authres import HEADER_NAME
+from mailward.config import GeneralSettings, Settings
+from mailward.dns import InMemoryResolver
+from mailward.model import (
+    Action,
+    AuthProperty,
+    AuthResult,
+    Connection,
+    Direction,
+    Header,
+    InsertHeader,
+    RemoveHeader,
+    SmtpReply,
+    Transaction,
+    Verdict,
+)
+from mailward.pipeline import Pipeline
+
+OURS = "mx.example.net"
+SETTINGS = Settings(
+    general=GeneralSettings(
+        authserv_id=OURS,
+        trusted_networks=(
+            ipaddress.ip_network("127.0.0.0/8"),
+            ipaddress.ip_network("::1/128"),
+            ipaddress.ip_network("192.0.2.0/24"),
+            ipaddress.ip_network("2001:db8:1::/48"),
+        ),
+    )
+)
+
+HEADERS = (
+    Header("Received", "from x by y"),
+    Header("Authentication-Results", "mx.example.net; dmarc=pass"),  # 1: forged
+    Header("Authentication-Results", "relay.example.org; spf=pass"),  # 2
+    Header("From", "a@example.org"),
+    Header("authentication-results", "(x) MX.example.net;\r\n\tdkim=pass"),  # 3: forged
+)
+TRANSACTION = Transaction(
+    queue_id="4ABC", mail_from="a@example.org", recipients=("b@example.net",), headers=HEADERS,
+)
+
+
+def connection(ip: str | None, auth_user: str | None = None) -> Connection:
+    return Connection(
+        client_ip=ipaddress.ip_address(ip) if ip is not None else None, auth_user=auth_user
+    )
+
+
+class RecordingCheck:
+    """A check that returns fixed results and records what it was given."""
+
+    def __init__(self, method: str, *results: AuthResult) -> None:
+        self.method = method
+        self.results = results
+        self.calls: list[tuple[Connection, Transaction, tuple[AuthResult, ...]]] = []
+
+    def check(
+        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
+    ) -> Sequence[AuthResult]:
+        self.calls.append((connection, transaction, tuple(earlier)))
+        return self.results
+
+
+class ExplodingCheck:
+    method = "boom"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def check(
+        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
+    ) -> Sequence[AuthResult]:
+        self.calls += 1
+        raise RuntimeError("bug in the check")
+
+
+def pipeline(*checks: RecordingCheck | ExplodingCheck) -> Pipeline:
+    return Pipeline(settings=SETTINGS, resolver=InMemoryResolver(), inbound_checks=checks)
+
+
+def forged_removed() -> float:
+    name = "mailward_milter_forged_authentication_results_removed_total"
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def errors(component: str) -> float:
+    return REGISTRY.get_sample_value("mailward_errors_total", {"component": component}) or 0.0
+
+
+# --------------------------------------------------------------------------- direction
+
+
+def test_inbound_removes_forged_then_adds_one_header():
+    before = forged_removed()
+    verdict = pipeline().evaluate(connection("198.51.100.7"), TRANSACTION)
+    assert verdict.direction is Direction.INBOUND
+    assert verdict.action is Action.ACCEPT
+    assert verdict.reply is None
+    assert verdict.results == ()
+    assert verdict.header_edits == (
+        RemoveHeader(HEADER_NAME, 3),
+        RemoveHeader(HEADER_NAME, 1),
+        InsertHeader(HEADER_NAME, "mx.example.net; none", 0),
+    )
+    assert forged_removed() - before == 2
+
+
+def test_inbound_without_forgeries_only_adds_our_header():
+    clean = Transaction(
+        queue_id=None, mail_from="", recipients=("b@example.net",),
+        headers=(Header("Authentication-Results", "relay.example.org; spf=pass"),),
+    )
+    before = forged_removed()
+    verdict = pipeline().evaluate(connection("2001:db8:2::1"), clean)
+    assert verdict.direction is Direction.INBOUND
+    assert verdict.header_edits == (InsertHeader(HEADER_NAME, "mx.example.net; none"),)
+    assert forged_removed() == before
+
+
+@pytest.mark.parametrize(
+    ("ip", "auth_user"),
+    [
+        ("192.0.2.25", None),  # trusted network
+        ("127.0.0.1", None),
+        ("::1", None),
+        ("2001:db8:1::25", None),
+        ("::ffff:192.0.2.25", None),  # IPv4-mapped IPv6 from a dual-stack listener
+        ("::ffff:127.0.0.1", None),
+        ("198.51.100.7", "alice"),  # authenticated submission from anywhere
+        (None, None),  # local submission (sendmail command)
+    ],
+)
+def test_outbound_keeps_headers_and_runs_no_inbound_checks(ip: str | None, auth_user: str | None):
+    check = RecordingCheck("spf", AuthResult("spf", "pass"))
+    p = pipeline(check)
+    conn = connection(ip, auth_user)
+    assert p.direction(conn) is Direction.OUTBOUND
+    verdict = p.evaluate(conn, TRANSACTION)
+    assert verdict.direction is Direction.OUTBOUND
+    assert verdict.action is Action.ACCEPT
+    assert not any(isinstance(edit, RemoveHeader) for edit in verdict.header_edits)
+    assert verdict.header_edits == (InsertHeader(HEADER_NAME, "mx.example.net; none"),)
+    assert check.calls == []
+
+
+@pytest.mark.parametrize(
+    "ip", ["198.51.100.7", "::ffff:198.51.100.7", "2001:db8:2::1", "192.0.3.1", "128.0.0.1"]
+)
+def test_untrusted_addresses_are_inbound(ip: str):
+    assert pipeline().direction(connection(ip)) is Direction.INBOUND
+
+
+def test_empty_auth_user_is_not_authenticated():
+    assert pipeline().direction(connection("198.51.100.7", "")) is Direction.INBOUND
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def test_checks_run_in_order_and_see_earlier_results():
+    spf = AuthResult("spf", "pass", properties=(AuthProperty("smtp", "mailfrom", "example.org"),))
+    dkim = AuthResult("dkim", "pass", properties=(AuthProperty("header", "d", "example.org"),))
+    dmarc = AuthResult("dmarc", "pass", properties=(AuthProperty("header", "from", "example.org"),))
+    first, second, third = (
+        RecordingCheck("spf", spf), RecordingCheck("dkim", dkim), RecordingCheck("dmarc", dmarc),
+    )
+    conn = connection("198.51.100.7")
+    verdict = pipeline(first, second, third).evaluate(conn, TRANSACTION)
+    assert [call[2] for call in first.calls + second.calls + third.calls] == [
+        (), (spf,), (spf, dkim),
+    ]
+    assert first.calls[0][0] is conn
+    assert first.calls[0][1] is TRANSACTION
+    assert verdict.results == (spf, dkim, dmarc)
+    assert verdict.header_edits[-1] == InsertHeader(
+        HEADER_NAME,
+        "mx.example.net;\n\tspf=pass smtp.mailfrom=example.org;"
+        "\n\tdkim=pass header.d=example.org;\n\tdmarc=pass header.from=example.org",
+    )
+    assert verdict.header_edits[:2] == (RemoveHeader(HEADER_NAME, 3), RemoveHeader(HEADER_NAME, 1))
+
+
+def test_failing_check_becomes_temperror_and_others_still_run(caplog: pytest.LogCaptureFixture):
+    spf = AuthResult("spf", "fail")
+    before, after = RecordingCheck("spf", spf), RecordingCheck("dmarc", AuthResult("dmarc", "none"))
+    boom = ExplodingCheck()
+    errors_before = errors("check_boom")
+    with caplog.at_level(logging.ERROR, logger="mailward.pipeline"):
+        verdict = pipeline(before, boom, after).evaluate(connection("198.51.100.7"), TRANSACTION)
+    temperror = AuthResult("boom", "temperror", reason="internal error")
+    assert boom.calls == 1
+    assert verdict.results == (spf, temperror, AuthResult("dmarc", "none"))
+    assert after.calls[0][2] == (spf, temperror)
+    assert verdict.action is Action.ACCEPT
+    assert errors("check_boom") - errors_before == 1
+    assert verdict.header_edits[-1] == InsertHeader(
+        HEADER_NAME,
+        'mx.example.net;\n\tspf=fail;\n\tboom=temperror reason="internal error";\n\tdmarc=none',
+    )
+    logged = [record for record in caplog.records if "boom" in record.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None  # with its traceback
+    assert "4ABC" in logged[0].getMessage()
+
+
+def test_evaluate_is_repeatable():
+    p = pipeline(RecordingCheck("spf", AuthResult("spf", "pass")))
+    conn = connection("198.51.100.7")
+    assert p.evaluate(conn, TRANSACTION) == p.evaluate(conn, TRANSACTION)
+
+
+# --------------------------------------------------------------------------- model rules
+
+
+@pytest.mark.parametrize("action", [Action.REJECT, Action.TEMPFAIL])
+def test_reject_and_tempfail_need_a_reply(action: Action):
+    with pytest.raises(ValueError, match="needs an SMTP reply"):
+        Verdict(action=action)
+    reply = SmtpReply("550", "5.7.1", "rejected") if action is Action.REJECT else SmtpReply(
+        "451", "4.7.1", "try later"
+    )
+    assert Verdict(action=action, reply=reply).reply == reply
+
+
+@pytest.mark.parametrize("action", [Action.ACCEPT, Action.QUARANTINE, Action.DISCARD])
+def test_other_actions_need_no_reply(action: Action):
+    assert Verdict(action=action).reply is None
+
+
+@pytest.mark.parametrize(
+    ("code", "enhanced"),
+    [("250", "2.0.0"), ("55", "5.7.1"), ("5500", ""), ("abc", ""), ("650", ""),
+     ("550", "4.7.1"), ("451", "5.7.1")],
+)
+def test_smtp_reply_validation(code: str, enhanced: str):
+    with pytest.raises(ValueError):
+        SmtpReply(code, enhanced, "text")
+
+
+def test_smtp_reply_text():
+    assert str(SmtpReply("550", "5.7.1", "DMARC policy")) == "550 5.7.1 DMARC policy"
+    assert str(SmtpReply("451", "", "try again")) == "451 try again"
+
+
+def test_connection_label_and_headers_named():
+    assert Connection(None).client_label == "unknown[local]"
+    assert Connection(ipaddress.ip_address("192.0.2.1"), "mail.example").client_label == (
+        "mail.example[192.0.2.1]"
+    )
+    assert [(n, h.value) for n, h in TRANSACTION.headers_named("AUTHENTICATION-RESULTS")] == [
+        (1, "mx.example.net; dmarc=pass"),
+        (2, "relay.example.org; spf=pass"),
+        (3, "(x) MX.example.net;\r\n\tdkim=pass"),
+    ]
+    assert TRANSACTION.log_id == "4ABC"
