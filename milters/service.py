@@ -45,19 +45,35 @@ _RESPAWN_WINDOW = 10.0  # seconds: a worker dying sooner than this counts as a c
 _MAX_QUICK_DEATHS = 5
 
 
-class SharedGeneration:
-    """A counter in anonymous shared memory: the supervisor bumps it, workers read it."""
+class SharedControl:
+    """Anonymous shared memory through which the supervisor steers its workers.
+
+    Two words: the configuration generation (bumped on reload, read by workers at each
+    new connection) and a stop flag.  libmilter notices SIGTERM only when its accept
+    loop wakes up (every few seconds); the flag lets a worker exit as soon as its own
+    sessions are done instead.
+    """
+
+    _GENERATION = 0
+    _STOPPING = 8
 
     def __init__(self) -> None:
-        self._map = mmap.mmap(-1, 8)
+        self._map = mmap.mmap(-1, 16)
 
     def get(self) -> int:
-        return int(struct.unpack_from("Q", self._map, 0)[0])
+        return int(struct.unpack_from("Q", self._map, self._GENERATION)[0])
 
     def bump(self) -> int:
         value = self.get() + 1
-        struct.pack_into("Q", self._map, 0, value)
+        struct.pack_into("Q", self._map, self._GENERATION, value)
         return value
+
+    @property
+    def stopping(self) -> bool:
+        return bool(struct.unpack_from("Q", self._map, self._STOPPING)[0])
+
+    def request_stop(self) -> None:
+        struct.pack_into("Q", self._map, self._STOPPING, 1)
 
 
 @dataclass
@@ -65,7 +81,7 @@ class ReloadingPipelineSource:
     """A worker's engine; rebuilt from the config file when the generation moves on."""
 
     config_path: Path
-    generation: SharedGeneration
+    generation: SharedControl
     factory: PipelineFactory
     pipeline: Pipeline
     seen_generation: int = 0
@@ -170,7 +186,7 @@ class MilterService:
         self.config_path = config_path
         self.settings = settings
         self.factory = factory
-        self.generation = SharedGeneration()
+        self.control = SharedControl()
         self.registry = SessionRegistry()
         self.workers: dict[int, float] = {}  # pid -> start time
         self._stopping = False
@@ -234,6 +250,7 @@ class MilterService:
 
     def _begin_shutdown(self) -> float:
         self._stopping = True
+        self.control.request_stop()
         log.info("stopping: workers finish open sessions (at most %.0fs)",
                  self.settings.milter.shutdown_timeout)
         for pid in self.workers:
@@ -263,7 +280,7 @@ class MilterService:
                             key, old, changed)
         self.settings = new
         runtime.set_log_level(new.general.log_level)
-        generation = self.generation.bump()
+        generation = self.control.bump()
         metrics.CONFIG_RELOADS.labels("ok").inc()
         log.info("configuration reloaded from %s (generation %d)", self.config_path, generation)
 
@@ -310,22 +327,33 @@ class MilterService:
                 signal.signal(signum, signal.SIG_DFL)
             self.registry.source = ReloadingPipelineSource(
                 config_path=self.config_path,
-                generation=self.generation,
+                generation=self.control,
                 factory=self.factory,
                 pipeline=self.factory(self.settings),
-                seen_generation=self.generation.get(),
+                seen_generation=self.control.get(),
             )
+            threading.Thread(target=self._exit_when_stopped, name="stop-watcher",
+                             daemon=True).start()
             milter.main()  # returns once libmilter saw SIGTERM and stopped accepting
-            left = self.registry.wait_idle(self.settings.milter.shutdown_timeout)
-            if left:
-                log.warning("worker stopping with %d session(s) still open", left)
+            self._drain_and_exit(0)
         except BaseException:  # a forked child must never return into the parent's code
             log.exception("worker failed")
             code = 1
-        finally:
-            logging.shutdown()
-            sys.stderr.flush()
-            os._exit(code)
+        self._drain_and_exit(code)
+
+    def _exit_when_stopped(self) -> None:
+        while not self.control.stopping:
+            time.sleep(0.05)
+        self._drain_and_exit(0)
+
+    def _drain_and_exit(self, code: int) -> None:
+        """Let open sessions finish (bounded), then leave without running parent code."""
+        left = self.registry.wait_idle(self.settings.milter.shutdown_timeout)
+        if left:
+            log.warning("worker stopping with %d session(s) still open", left)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _describe_status(wait_status: int) -> str:
