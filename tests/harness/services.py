@@ -141,6 +141,9 @@ class MailwardServices:
             },
             "state": {"backend": "sqlite", "path": str(self.base_dir / "state" / "state.db")},
         }
+        if milter_transport == "unix":
+            # Postfix's smtpd runs as user postfix: let its group reach the socket.
+            config["milter"]["socket_group"] = "postfix"
         if not dns_port:
             del config["dns"]["nameservers"]
             del config["dns"]["port"]
@@ -205,8 +208,6 @@ class MailwardServices:
                 self.base_dir / f"{service}.log",
                 env=self._env,
                 cwd=self.base_dir,
-                # Postfix connects as user postfix: a unix socket must not be root-only.
-                umask=0 if kind == "unix" else -1,
             )
             self._processes[service] = process
         process.start()
