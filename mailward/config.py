@@ -235,6 +235,83 @@ class StateSettings:
     url: str = "redis://127.0.0.1:6379/0"
 
 
+class QuarantineMode(StrEnum):
+    HOLD = "hold"  # Postfix hold queue: an admin releases or deletes it
+    HEADER = "header"  # deliver with a marker header; Sieve files it into Junk
+
+
+@dataclass(frozen=True)
+class SpfSettings:
+    """[spf]: SPF (RFC 7208) on inbound mail in the milter."""
+
+    enabled: bool = True
+    helo: bool = True  # also check the HELO identity
+    received_spf: bool = False  # add a Received-SPF header
+
+
+@dataclass(frozen=True)
+class DkimVerifySettings:
+    """[dkim]: verification of DKIM signatures on inbound mail."""
+
+    verify: bool = True
+    max_signatures: int = 5  # signatures verified per message; the rest are reported
+
+
+@dataclass(frozen=True)
+class DkimSigningKey:
+    """One [[dkim.sign.keys]] table: sign mail from `domain` with this key."""
+
+    domain: str
+    selector: str
+    key: Path
+
+
+@dataclass(frozen=True)
+class DkimSignSettings:
+    """[dkim.sign]: outbound signing."""
+
+    keys: tuple[DkimSigningKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    verify: DkimVerifySettings = DkimVerifySettings()
+    sign: DkimSignSettings = DkimSignSettings()
+
+
+@dataclass(frozen=True)
+class ArcSettings:
+    """[arc]: ARC verification (and sealing as an intermediary)."""
+
+    verify: bool = True
+    seal: bool = False
+    trusted_sealers: tuple[str, ...] = ()  # domains whose ARC results may override DMARC
+
+
+@dataclass(frozen=True)
+class IprevSettings:
+    """[iprev]: forward-confirmed reverse DNS of the client (RFC 8601 3)."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DmarcSettings:
+    """[dmarc]: DMARC evaluation and enforcement."""
+
+    enabled: bool = True
+    enforce: bool = True  # false: evaluate and report, never reject or quarantine
+    quarantine: QuarantineMode = QuarantineMode.HOLD
+
+
+@dataclass(frozen=True)
+class PolicydSpfSettings:
+    """[policyd.spf]: SPF at RCPT time in the policy service."""
+
+    enabled: bool = True
+    reject_fail: bool = True  # 550 5.7.23 at RCPT for SPF fail
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a Mailward service needs to know, validated."""
@@ -245,6 +322,12 @@ class Settings:
     policyd: PolicydSettings = field(default_factory=PolicydSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    spf: SpfSettings = field(default_factory=SpfSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    arc: ArcSettings = field(default_factory=ArcSettings)
+    iprev: IprevSettings = field(default_factory=IprevSettings)
+    dmarc: DmarcSettings = field(default_factory=DmarcSettings)
+    policyd_spf: PolicydSpfSettings = field(default_factory=PolicydSpfSettings)
     source: str = "<defaults>"
 
 
@@ -376,6 +459,31 @@ class _Table:
                 self.error(f"{key}[{index}]", str(exc))
         return tuple(parsed)
 
+    def raw_list(self, key: str) -> list[Any]:
+        """An array (of tables, typically): [[dkim.sign.keys]]."""
+        value = self._raw(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.error(key, f"expected an array of tables, got {_describe(value)}")
+            return []
+        return value
+
+    def item_table(self, key: str, index: int, item: Any) -> _Table | None:
+        if not isinstance(item, dict):
+            self.error(f"{key}[{index}]", f"expected a table, got {_describe(item)}")
+            return None
+        return _Table(item, self._key_path(f"{key}[{index}]"), self._problems)
+
+    @property
+    def reported(self) -> set[str]:
+        """Keys of this table that already have an error (so "required" is not added)."""
+        prefix = f"{self._path}." if self._path else ""
+        return {
+            problem.path[len(prefix):] for problem in self._problems.items
+            if problem.path.startswith(prefix)
+        }
+
     def table(self, key: str) -> _Table:
         value = self._raw(key)
         if value is None:
@@ -499,6 +607,7 @@ def _read_milter(table: _Table) -> MilterSettings:
 
 
 def _read_policyd(table: _Table) -> PolicydSettings:
+    """[policyd]; its sub-tables ([policyd.spf], ...) have their own readers."""
     defaults = PolicydSettings()
     policyd = PolicydSettings(
         socket=table.parsed("socket", SocketAddress.parse, defaults.socket),
@@ -511,7 +620,7 @@ def _read_policyd(table: _Table) -> PolicydSettings:
             "max_request_size", int, defaults.max_request_size, 1024, 16 * 1024 * 1024
         ),
     )
-    table.finish()
+    table.finish(subtables=POLICYD_SUBTABLES)
     return policyd
 
 
@@ -542,6 +651,112 @@ def _read_state(table: _Table) -> StateSettings:
     return state
 
 
+# ---------------------------------------------------------------- check sections
+
+POLICYD_SUBTABLES = ("spf",)
+
+
+def _domain(text: str) -> str:
+    name = text.rstrip(".").lower()
+    labels = name.split(".")
+    if len(labels) < 2 or not all(
+        re.fullmatch(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9])?", label) for label in labels
+    ):
+        raise ValueError(f"{text!r} is not a domain name")
+    return name
+
+
+def _read_spf(table: _Table) -> SpfSettings:
+    defaults = SpfSettings()
+    spf = SpfSettings(
+        enabled=table.scalar("enabled", bool, defaults.enabled),
+        helo=table.scalar("helo", bool, defaults.helo),
+        received_spf=table.scalar("received_spf", bool, defaults.received_spf),
+    )
+    table.finish()
+    return spf
+
+
+def _read_dkim(table: _Table) -> DkimSettings:
+    verify_defaults = DkimVerifySettings()
+    verify = DkimVerifySettings(
+        verify=table.scalar("verify", bool, verify_defaults.verify),
+        max_signatures=table.number(
+            "max_signatures", int, verify_defaults.max_signatures, 1, 50
+        ),
+    )
+    dkim = DkimSettings(verify=verify, sign=_read_dkim_sign(table.table("sign")))
+    table.finish()
+    return dkim
+
+
+def _read_dkim_sign(table: _Table) -> DkimSignSettings:
+    keys = []
+    raw_keys = table.raw_list("keys")
+    for index, item in enumerate(raw_keys):
+        key_table = table.item_table("keys", index, item)
+        if key_table is None:
+            continue
+        domain = key_table.parsed("domain", _domain, "")
+        selector = key_table.parsed("selector", _selector, "")
+        key_path = key_table.scalar("key", str, "")
+        for name, value in (("domain", domain), ("selector", selector), ("key", key_path)):
+            if not value and name not in key_table.reported:
+                key_table.error(name, "is required")
+        if key_path and not key_path.startswith("/"):
+            key_table.error("key", f"must be an absolute path, got {key_path!r}")
+        key_table.finish()
+        if domain and selector and key_path:
+            keys.append(DkimSigningKey(domain, selector, Path(key_path)))
+    sign = DkimSignSettings(keys=tuple(keys))
+    table.finish()
+    return sign
+
+
+def _selector(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,62})", text):
+        raise ValueError(f"{text!r} is not a DKIM selector")
+    return text
+
+
+def _read_arc(table: _Table) -> ArcSettings:
+    defaults = ArcSettings()
+    arc = ArcSettings(
+        verify=table.scalar("verify", bool, defaults.verify),
+        seal=table.scalar("seal", bool, defaults.seal),
+        trusted_sealers=table.string_list("trusted_sealers", defaults.trusted_sealers, _domain),
+    )
+    table.finish()
+    return arc
+
+
+def _read_iprev(table: _Table) -> IprevSettings:
+    iprev = IprevSettings(enabled=table.scalar("enabled", bool, IprevSettings().enabled))
+    table.finish()
+    return iprev
+
+
+def _read_dmarc(table: _Table) -> DmarcSettings:
+    defaults = DmarcSettings()
+    dmarc = DmarcSettings(
+        enabled=table.scalar("enabled", bool, defaults.enabled),
+        enforce=table.scalar("enforce", bool, defaults.enforce),
+        quarantine=table.choice("quarantine", QuarantineMode, defaults.quarantine),
+    )
+    table.finish()
+    return dmarc
+
+
+def _read_policyd_spf(table: _Table) -> PolicydSpfSettings:
+    defaults = PolicydSpfSettings()
+    spf = PolicydSpfSettings(
+        enabled=table.scalar("enabled", bool, defaults.enabled),
+        reject_fail=table.scalar("reject_fail", bool, defaults.reject_fail),
+    )
+    table.finish()
+    return spf
+
+
 def settings_from_mapping(
     data: dict[str, Any], source: str = "<mapping>", text: str | None = None
 ) -> Settings:
@@ -555,6 +770,12 @@ def settings_from_mapping(
         policyd=_read_policyd(root.table("policyd")),
         metrics=_read_metrics(root.table("metrics")),
         state=_read_state(root.table("state")),
+        spf=_read_spf(root.table("spf")),
+        dkim=_read_dkim(root.table("dkim")),
+        arc=_read_arc(root.table("arc")),
+        iprev=_read_iprev(root.table("iprev")),
+        dmarc=_read_dmarc(root.table("dmarc")),
+        policyd_spf=_read_policyd_spf(root.table("policyd").table("spf")),
         source=source,
     )
     root.finish()
