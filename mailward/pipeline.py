@@ -44,6 +44,16 @@ class InboundCheck(Protocol):
     ) -> Sequence[AuthResult]: ...
 
 
+class OutboundSigner(Protocol):
+    """Signs outbound mail: returns the header edits (DKIM-Signature, ...) to add.
+
+    Raising is allowed only for failures that must not let the message go out as if
+    signed; the pipeline then answers with `on_internal_error`.
+    """
+
+    def sign(self, connection: Connection, transaction: Transaction) -> Sequence[HeaderEdit]: ...
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """Evaluates messages with one immutable configuration; replaced whole on reload."""
@@ -51,6 +61,7 @@ class Pipeline:
     settings: Settings
     resolver: Resolver
     inbound_checks: tuple[InboundCheck, ...] = ()
+    signer: OutboundSigner | None = None
 
     def direction(self, connection: Connection) -> Direction:
         """Outbound: authenticated, local (sendmail command) or from a trusted network."""
@@ -83,6 +94,8 @@ class Pipeline:
         edits.append(
             InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, results))
         )
+        if direction is Direction.OUTBOUND and self.signer is not None:
+            edits.extend(self.signer.sign(connection, transaction))
         return Verdict(
             action=Action.ACCEPT,
             header_edits=tuple(edits),
