@@ -16,6 +16,7 @@ Run: `python -m tests.harness.fake_service milter -c mailward.toml`.
 from __future__ import annotations
 
 import argparse
+import grp
 import http.server
 import os
 import signal
@@ -158,11 +159,17 @@ class _ThreadingTcpServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
 
 
-def _server(spec: str, handler: type[socketserver.BaseRequestHandler]) -> socketserver.BaseServer:
+def _server(spec: str, handler: type[socketserver.BaseRequestHandler],
+            section: dict[str, Any]) -> socketserver.BaseServer:
     kind, _, address = spec.partition(":")
     if kind == "unix":
         Path(address).unlink(missing_ok=True)
-        return _ThreadingUnixServer(address, handler)
+        server = _ThreadingUnixServer(address, handler)
+        # As the real services do: socket_mode and socket_group let Postfix connect.
+        if section.get("socket_group"):
+            os.chown(address, -1, grp.getgrnam(section["socket_group"]).gr_gid)
+        os.chmod(address, int(section.get("socket_mode", "0660"), 8))
+        return server
     host, _, port = address.rpartition(":")
     return _ThreadingTcpServer((host.strip("[]"), int(port)), handler)
 
@@ -177,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     _SERVICE = args.service
     config = tomllib.loads(args.config.read_text())
     if args.service == "milter":
-        server = _server(config["milter"]["socket"], MilterHandler)
+        server = _server(config["milter"]["socket"], MilterHandler, config["milter"])
         listen = config.get("metrics", {}).get("listen", "")
     else:
-        server = _server(config["policyd"]["socket"], PolicyHandler)
+        server = _server(config["policyd"]["socket"], PolicyHandler, config["policyd"])
         listen = config.get("metrics", {}).get("policyd_listen", "")
     servers: list[socketserver.BaseServer] = [server]
     if listen:
