@@ -1,0 +1,87 @@
+"""iprev (RFC 8601 section 3): does the client's reverse DNS name point back to it?
+
+The client address's PTR names are looked up, then each name's A/AAAA records; the
+check passes when one of them contains the address ("forward-confirmed reverse DNS").
+It says nothing about authorization; spam scoring and humans reading the header use it
+as a signal of a properly run sending host.
+
+Results: `pass`; `fail` when there is no PTR or no name points back; `temperror` when
+a lookup failed temporarily (never `fail`: a broken resolver says nothing about the
+sender).  Mail from local submissions (no client address) gets no iprev result.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+
+import dns.reversename
+
+from mailward.dns import Outcome, Resolver
+from mailward.model import AuthProperty, AuthResult, IPAddress
+
+METHOD = "iprev"
+# RFC 8601 gives no number; like Postfix and OpenDKIM, look at a handful of PTR names only,
+# so that a hostile reverse zone cannot make us do unbounded work.
+MAX_PTR_NAMES = 10
+
+
+class IprevResult(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    TEMPERROR = "temperror"
+    PERMERROR = "permerror"
+
+
+@dataclass(frozen=True)
+class IprevOutcome:
+    client_ip: IPAddress
+    result: IprevResult
+    name: str = ""  # the confirmed name (pass) or the first PTR name seen
+    reason: str = ""
+
+
+def evaluate_iprev(resolver: Resolver, client_ip: IPAddress) -> IprevOutcome:
+    if isinstance(client_ip, ipaddress.IPv6Address) and client_ip.ipv4_mapped is not None:
+        client_ip = client_ip.ipv4_mapped
+    reverse = dns.reversename.from_address(str(client_ip)).to_text(omit_final_dot=True)
+    ptr = resolver.query(reverse, "PTR")
+    if ptr.outcome is Outcome.TEMPERROR:
+        return IprevOutcome(client_ip, IprevResult.TEMPERROR, reason=f"PTR lookup: {ptr.error}")
+    if ptr.outcome is not Outcome.ANSWER:
+        return IprevOutcome(client_ip, IprevResult.FAIL, reason="no PTR record")
+    forward_type = "AAAA" if client_ip.version == 6 else "A"
+    temporary = False
+    for name in ptr.records[:MAX_PTR_NAMES]:
+        forward = resolver.query(name, forward_type)
+        if forward.outcome is Outcome.TEMPERROR:
+            temporary = True
+            continue
+        if any(_same_address(record, client_ip) for record in forward.records):
+            return IprevOutcome(client_ip, IprevResult.PASS, name=name)
+    first = ptr.records[0] if ptr.records else ""
+    if temporary:
+        return IprevOutcome(client_ip, IprevResult.TEMPERROR, first,
+                            "forward lookup failed temporarily")
+    return IprevOutcome(client_ip, IprevResult.FAIL, first, "PTR name does not point back")
+
+
+def _same_address(record: str, client_ip: IPAddress) -> bool:
+    try:
+        return ipaddress.ip_address(record) == client_ip
+    except ValueError:
+        return False
+
+
+def auth_result(outcome: IprevOutcome) -> AuthResult:
+    """`iprev=pass policy.iprev=192.0.2.1`, with the name in the reason when known."""
+    reason = outcome.reason
+    if outcome.result is IprevResult.PASS:
+        reason = outcome.name
+    return AuthResult(
+        METHOD,
+        outcome.result.value,
+        reason=reason or None,
+        properties=(AuthProperty("policy", "iprev", str(outcome.client_ip)),),
+    )
