@@ -29,9 +29,14 @@ if TYPE_CHECKING:
 
 def build_pipeline(settings: Settings) -> Pipeline:
     from mailward.dns import DnsResolver
-    from mailward.pipeline import Pipeline
+    from mailward.pipeline import Pipeline, build_inbound_checks
 
-    return Pipeline(settings=settings, resolver=DnsResolver(settings.dns))
+    resolver = DnsResolver(settings.dns)
+    return Pipeline(
+        settings=settings,
+        resolver=resolver,
+        inbound=build_inbound_checks(settings, resolver),
+    )
 
 
 def build_policy_engine(settings: Settings) -> PolicyEngine:

@@ -1,23 +1,29 @@
 """The engine's entry point: one Connection + Transaction in, one Verdict out.
 
-The pipeline decides the path (inbound mail is verified, mail from trusted networks
-and authenticated users is outbound), runs the checks that path needs, and turns their
-typed results into header edits and an action.  It never talks to an MTA: adapters
-hand it values and translate the Verdict back.
+The pipeline decides the path (inbound mail is verified; mail from trusted networks,
+authenticated users and local submission is outbound and may be signed), runs the
+checks that path needs in dependency order, and turns their typed outcomes into header
+edits and an action.  It never talks to an MTA: adapters hand it values and translate
+the Verdict back.
 
-A check that raises is a bug, not a verdict about the sender: the exception is logged
-with its traceback, counted, and the check reports `temperror`, so the message is
-neither rejected for our mistake nor let through as if it had passed.
+Checks are composed explicitly rather than through a generic plug-in list, because
+later checks consume earlier ones' typed outcomes (DMARC reads the SPF and DKIM
+outcomes, never their A-R text).  A check that raises is a bug, not a verdict about
+the sender: the exception is logged with its traceback, counted, and the method is
+reported as `temperror`, so the message is neither rejected for our mistake nor let
+through as if it had passed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from mailward import authres, metrics
+from mailward.checks import iprev as iprev_check
+from mailward.checks import spf as spf_check
 from mailward.config import Settings
 from mailward.dns import Resolver
 from mailward.model import (
@@ -33,25 +39,45 @@ from mailward.model import (
 
 log = logging.getLogger(__name__)
 
-
-class InboundCheck(Protocol):
-    """One authentication method run on inbound mail; `method` names it in A-R."""
-
-    method: str
-
-    def check(
-        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
-    ) -> Sequence[AuthResult]: ...
+T = TypeVar("T")
 
 
 class OutboundSigner(Protocol):
     """Signs outbound mail: returns the header edits (DKIM-Signature, ...) to add.
 
     Raising is allowed only for failures that must not let the message go out as if
-    signed; the pipeline then answers with `on_internal_error`.
+    signed; the adapter then answers with `on_internal_error`.
     """
 
     def sign(self, connection: Connection, transaction: Transaction) -> Sequence[HeaderEdit]: ...
+
+
+@dataclass(frozen=True)
+class InboundChecks:
+    """The checks of the inbound path; the composition root builds them from settings."""
+
+    spf: spf_check.SpfCheck | None = None
+    iprev: bool = False
+
+
+@dataclass(frozen=True)
+class InboundReport:
+    """What the inbound checks established about one message, as typed outcomes."""
+
+    iprev: iprev_check.IprevOutcome | None = None
+    spf: tuple[spf_check.SpfOutcome, ...] = ()
+    failed: tuple[str, ...] = ()  # methods whose check raised: reported as temperror
+
+    def auth_results(self) -> tuple[AuthResult, ...]:
+        """A-R results in the conventional order: iprev, spf, then the failed checks."""
+        results: list[AuthResult] = []
+        if self.iprev is not None:
+            results.append(iprev_check.auth_result(self.iprev))
+        results.extend(spf_check.auth_result(outcome) for outcome in self.spf)
+        results.extend(
+            AuthResult(method, "temperror", reason="internal error") for method in self.failed
+        )
+        return tuple(results)
 
 
 @dataclass(frozen=True)
@@ -60,7 +86,7 @@ class Pipeline:
 
     settings: Settings
     resolver: Resolver
-    inbound_checks: tuple[InboundCheck, ...] = ()
+    inbound: InboundChecks = field(default_factory=InboundChecks)
     signer: OutboundSigner | None = None
 
     def direction(self, connection: Connection) -> Direction:
@@ -75,46 +101,81 @@ class Pipeline:
 
     def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
         direction = self.direction(connection)
-        edits: list[HeaderEdit] = []
-        results: list[AuthResult] = []
-        authserv_id = self.settings.general.authserv_id
         if direction is Direction.INBOUND:
-            # Only mail we did not originate can carry a forgery of our own results;
-            # trusted and authenticated clients keep theirs.
-            removals = authres.forged_headers(transaction.headers, authserv_id)
-            if removals:
-                metrics.MILTER_FORGED_AR_REMOVED.inc(len(removals))
-                log.info(
-                    "%s: removing %d forged Authentication-Results claiming %s",
-                    transaction.log_id, len(removals), authserv_id,
-                )
-            edits.extend(removals)
-            for check in self.inbound_checks:
-                results.extend(self._run_check(check, connection, transaction, results))
-        edits.append(
-            InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, results))
-        )
-        if direction is Direction.OUTBOUND and self.signer is not None:
-            edits.extend(self.signer.sign(connection, transaction))
-        return Verdict(
-            action=Action.ACCEPT,
-            header_edits=tuple(edits),
-            results=tuple(results),
-            direction=direction,
-        )
+            return self._evaluate_inbound(connection, transaction)
+        return self._evaluate_outbound(connection, transaction)
 
-    def _run_check(
-        self,
-        check: InboundCheck,
-        connection: Connection,
-        transaction: Transaction,
-        earlier: Sequence[AuthResult],
-    ) -> Sequence[AuthResult]:
+    # ------------------------------------------------------------------ inbound
+
+    def _evaluate_inbound(self, connection: Connection, transaction: Transaction) -> Verdict:
+        authserv_id = self.settings.general.authserv_id
+        # Only mail we did not originate can carry a forgery of our own results;
+        # trusted and authenticated clients keep theirs.
+        edits: list[HeaderEdit] = list(authres.forged_headers(transaction.headers, authserv_id))
+        if edits:
+            metrics.MILTER_FORGED_AR_REMOVED.inc(len(edits))
+            log.info("%s: removing %d forged Authentication-Results claiming %s",
+                     transaction.log_id, len(edits), authserv_id)
+        report = self.inbound_report(connection, transaction)
+        results = report.auth_results()
+        edits.append(InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, results)))
+        if self.settings.spf.received_spf and report.spf:
+            value = spf_check.received_spf(report.spf[0], authserv_id)
+            edits.append(InsertHeader(spf_check.RECEIVED_SPF, value))
+        return Verdict(Action.ACCEPT, header_edits=tuple(edits), results=results,
+                       direction=Direction.INBOUND)
+
+    def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
+        """Run the inbound checks in dependency order; each failure is contained."""
+        checks = self.inbound
+        failed: list[str] = []
+        client_ip = connection.client_ip
+        iprev = None
+        if checks.iprev and client_ip is not None:
+            iprev = self._attempt(
+                iprev_check.METHOD, transaction, failed,
+                lambda: iprev_check.evaluate_iprev(self.resolver, client_ip),
+            )
+        spf: tuple[spf_check.SpfOutcome, ...] = ()
+        if checks.spf is not None and client_ip is not None:
+            spf_checker = checks.spf
+            spf = self._attempt(
+                spf_check.METHOD, transaction, failed,
+                lambda: spf_checker.evaluate(client_ip, connection.helo, transaction.mail_from),
+            ) or ()
+        return InboundReport(iprev=iprev, spf=spf, failed=tuple(failed))
+
+    @staticmethod
+    def _attempt(
+        method: str, transaction: Transaction, failed: list[str], run: Callable[[], T]
+    ) -> T | None:
         try:
-            return check.check(connection, transaction, tuple(earlier))
+            return run()
         except Exception:
             # A bug in one check must not decide the message: log it, count it, and
             # report temperror so DMARC and policy treat it as "could not tell".
-            log.exception("%s: check %s failed", transaction.log_id, check.method)
-            metrics.ERRORS.labels(f"check_{check.method}").inc()
-            return (AuthResult(check.method, "temperror", reason="internal error"),)
+            log.exception("%s: check %s failed", transaction.log_id, method)
+            metrics.ERRORS.labels(f"check_{method}").inc()
+            failed.append(method)
+            return None
+
+    # ------------------------------------------------------------------ outbound
+
+    def _evaluate_outbound(self, connection: Connection, transaction: Transaction) -> Verdict:
+        authserv_id = self.settings.general.authserv_id
+        edits: list[HeaderEdit] = [
+            InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, ()))
+        ]
+        if self.signer is not None:
+            edits.extend(self.signer.sign(connection, transaction))
+        return Verdict(Action.ACCEPT, header_edits=tuple(edits), direction=Direction.OUTBOUND)
+
+
+def build_inbound_checks(settings: Settings, resolver: Resolver) -> InboundChecks:
+    """The inbound checks the configuration asks for."""
+    spf = None
+    if settings.spf.enabled:
+        spf = spf_check.SpfCheck(
+            resolver, check_helo=settings.spf.helo, receiver=settings.general.authserv_id
+        )
+    return InboundChecks(spf=spf, iprev=settings.iprev.enabled)

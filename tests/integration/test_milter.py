@@ -16,11 +16,22 @@ import uuid
 
 import pytest
 
-from tests.harness import MailStack, build_message, send_with_swaks
+from tests.harness import MailStack, build_message, send_with_swaks, toml
 from tests.harness.process import wait_until
 
 AUTHSERV_ID = "mx.example.net"
 EXTERNAL_CLIENT = "192.0.2.10"
+
+# These tests are about the foundation: our header, forged-header removal, the service
+# lifecycle.  The authentication checks have their own tests, with their own zones.
+CHECKS_OFF = {"spf": {"enabled": False}, "iprev": {"enabled": False}}
+
+
+@pytest.fixture
+def mailward(mailward_factory):
+    def start(config=None, **options):
+        return mailward_factory(toml.deep_merge(CHECKS_OFF, config or {}), **options)
+    return start
 
 
 def _message_id() -> str:
@@ -43,9 +54,9 @@ def _stored(stack: MailStack, recipient: str, message_id: str) -> email.message.
 
 @pytest.mark.parametrize("transport", ["unix", "inet"])
 def test_swaks_message_is_stored_with_our_authentication_results(
-    stack, mailward_factory, recipient, transport
+    stack, mailward, recipient, transport
 ):
-    services = mailward_factory(milter_transport=transport)
+    services = mailward(milter_transport=transport)
     subject = f"swaks test {uuid.uuid4().hex}"
     mark = stack.postfix.log_mark()
     result = send_with_swaks(
@@ -72,9 +83,9 @@ def test_swaks_message_is_stored_with_our_authentication_results(
 
 
 def test_forged_authentication_results_from_external_client_are_removed(
-    stack, mailward_factory, recipient
+    stack, mailward, recipient
 ):
-    services = mailward_factory()
+    services = mailward()
     message_id = _message_id()
     forged = [
         ("Authentication-Results", f"{AUTHSERV_ID}; dmarc=pass header.from=bank.example"),
@@ -100,8 +111,8 @@ def test_forged_authentication_results_from_external_client_are_removed(
         "mailward_milter_forged_authentication_results_removed_total") == 3.0
 
 
-def test_trusted_client_keeps_its_authentication_results(stack, mailward_factory, recipient):
-    mailward_factory()
+def test_trusted_client_keeps_its_authentication_results(stack, mailward, recipient):
+    mailward()
     message_id = _message_id()
     internal = ("Authentication-Results", f"{AUTHSERV_ID}; auth=pass smtp.auth=alice")
     message = build_message("alice@example.net", recipient, headers=[internal],
@@ -115,11 +126,11 @@ def test_trusted_client_keeps_its_authentication_results(stack, mailward_factory
 
 
 def test_policy_service_is_consulted_and_metrics_count_the_message(
-    stack, mailward_factory, recipient
+    stack, mailward, recipient
 ):
     # Postfix logs its policy conversation only verbosely: turn that on for the
     # connecting peer (the test client on loopback, before XCLIENT).
-    services = mailward_factory()
+    services = mailward()
     stack.postfix.reconfigure({"debug_peer_list": "127.0.0.1"},
                               milter=services.milter_socket,
                               policy_service=services.policyd_socket)
@@ -143,9 +154,9 @@ def test_policy_service_is_consulted_and_metrics_count_the_message(
     assert services.metric_value("mailward_milter_sessions_total") >= 1.0
 
 
-def test_local_submission_takes_the_outbound_path(stack, mailward_factory, recipient):
+def test_local_submission_takes_the_outbound_path(stack, mailward, recipient):
     """Mail from the sendmail command (non_smtpd_milters) is ours: no stripping."""
-    services = mailward_factory()
+    services = mailward()
     message_id = _message_id()
     internal = ("Authentication-Results", f"{AUTHSERV_ID}; auth=pass smtp.auth=root")
     stack.postfix.sendmail(
@@ -158,8 +169,8 @@ def test_local_submission_takes_the_outbound_path(stack, mailward_factory, recip
         "mailward_milter_messages_total", {"direction": "outbound"}) == 1.0
 
 
-def test_body_over_the_cap_is_delivered_whole(stack, mailward_factory, recipient):
-    services = mailward_factory({"milter": {"max_body_size": 4096}})
+def test_body_over_the_cap_is_delivered_whole(stack, mailward, recipient):
+    services = mailward({"milter": {"max_body_size": 4096}})
     message_id = _message_id()
     body = "".join(f"line {n:06d} of a long message\r\n" for n in range(2000))  # ~60 KB
     message = build_message("sender@client.example.org", recipient, body=body,
@@ -175,9 +186,9 @@ def test_body_over_the_cap_is_delivered_whole(stack, mailward_factory, recipient
 
 
 def test_milter_down_means_4xx_and_the_retry_is_delivered_exactly_once(
-    stack, mailward_factory, recipient
+    stack, mailward, recipient
 ):
-    services = mailward_factory()
+    services = mailward()
     services.stop()
     message_id = _message_id()
     message = build_message("sender@client.example.org", recipient, message_id=message_id)
@@ -198,8 +209,8 @@ def test_milter_down_means_4xx_and_the_retry_is_delivered_exactly_once(
     assert _ours(copies[0]) == [f"{AUTHSERV_ID}; none"]
 
 
-def test_workers_share_the_socket_and_sighup_reloads(stack, mailward_factory, recipient):
-    services = mailward_factory({"milter": {"workers": 2}})
+def test_workers_share_the_socket_and_sighup_reloads(stack, mailward, recipient):
+    services = mailward({"milter": {"workers": 2}})
     supervisor = services.pids()["milter"]
     worker_pids = {
         int(pid) for pid in os.listdir("/proc") if pid.isdigit()
@@ -227,8 +238,8 @@ def test_workers_share_the_socket_and_sighup_reloads(stack, mailward_factory, re
     assert all(_parent_of(pid) == supervisor for pid in worker_pids)
 
 
-def test_reload_with_a_broken_config_keeps_the_running_one(stack, mailward_factory, recipient):
-    services = mailward_factory()
+def test_reload_with_a_broken_config_keeps_the_running_one(stack, mailward, recipient):
+    services = mailward()
     services.config_path.write_text(services.config_path.read_text() + "\n[milter]\nbogus = 1\n")
     services.reload(wait_for=r"reload refused")
     message_id = _message_id()
@@ -241,8 +252,8 @@ def test_reload_with_a_broken_config_keeps_the_running_one(stack, mailward_facto
     assert services.metric_value("mailward_config_reloads_total", {"result": "error"}) == 1.0
 
 
-def test_sigterm_stops_the_service_and_removes_its_socket(stack, mailward_factory):
-    services = mailward_factory(milter_transport="unix")
+def test_sigterm_stops_the_service_and_removes_its_socket(stack, mailward):
+    services = mailward(milter_transport="unix")
     socket_path = services.milter_socket.partition(":")[2]
     assert os.path.exists(socket_path)
     os.kill(services.pids()["milter"], signal.SIGTERM)

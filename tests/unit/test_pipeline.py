@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from prometheus_client import REGISTRY
 
 from mailward.authres import HEADER_NAME
-from mailward.config import GeneralSettings, Settings
-from mailward.dns import InMemoryResolver
+from mailward.config import GeneralSettings, Settings, SpfSettings
+from mailward.dns import DnsAnswer, InMemoryResolver
 from mailward.model import (
     Action,
-    AuthProperty,
     AuthResult,
     Connection,
     Direction,
@@ -25,7 +24,7 @@ from mailward.model import (
     Transaction,
     Verdict,
 )
-from mailward.pipeline import Pipeline
+from mailward.pipeline import Pipeline, build_inbound_checks
 
 OURS = "mx.example.net"
 SETTINGS = Settings(
@@ -58,36 +57,38 @@ def connection(ip: str | None, auth_user: str | None = None) -> Connection:
     )
 
 
-class RecordingCheck:
-    """A check that returns fixed results and records what it was given."""
-
-    def __init__(self, method: str, *results: AuthResult) -> None:
-        self.method = method
-        self.results = results
-        self.calls: list[tuple[Connection, Transaction, tuple[AuthResult, ...]]] = []
-
-    def check(
-        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
-    ) -> Sequence[AuthResult]:
-        self.calls.append((connection, transaction, tuple(earlier)))
-        return self.results
+ZONES = {
+    "example.org": """
+@      IN TXT "v=spf1 ip4:198.51.100.0/24 -all"
+mail   IN A   198.51.100.7
+""",
+    "in-addr.arpa": "7.100.51.198 IN PTR mail.example.org.\n",
+}
 
 
-class ExplodingCheck:
-    method = "boom"
+class CountingResolver(InMemoryResolver):
+    """Zone answers, plus a switch that makes every lookup raise (a bug in a check)."""
 
-    def __init__(self) -> None:
-        self.calls = 0
+    explode: bool = False
 
-    def check(
-        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
-    ) -> Sequence[AuthResult]:
-        self.calls += 1
-        raise RuntimeError("bug in the check")
+    def query(self, name: str, rdtype: str) -> DnsAnswer:
+        if self.explode:
+            raise RuntimeError("bug below the check")
+        return super().query(name, rdtype)
 
 
-def pipeline(*checks: RecordingCheck | ExplodingCheck) -> Pipeline:
-    return Pipeline(settings=SETTINGS, resolver=InMemoryResolver(), inbound_checks=checks)
+def checking_pipeline(*, explode: bool = False, received_spf: bool = False) -> Pipeline:
+    resolver = CountingResolver()
+    for origin, text in ZONES.items():
+        resolver.add_zone(origin, text)
+    resolver.explode = explode
+    settings = replace(SETTINGS, spf=SpfSettings(helo=False, received_spf=received_spf))
+    return Pipeline(settings=settings, resolver=resolver,
+                    inbound=build_inbound_checks(settings, resolver))
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(settings=SETTINGS, resolver=InMemoryResolver())
 
 
 def forged_removed() -> float:
@@ -143,8 +144,7 @@ def test_inbound_without_forgeries_only_adds_our_header():
     ],
 )
 def test_outbound_keeps_headers_and_runs_no_inbound_checks(ip: str | None, auth_user: str | None):
-    check = RecordingCheck("spf", AuthResult("spf", "pass"))
-    p = pipeline(check)
+    p = checking_pipeline()
     conn = connection(ip, auth_user)
     assert p.direction(conn) is Direction.OUTBOUND
     verdict = p.evaluate(conn, TRANSACTION)
@@ -152,7 +152,7 @@ def test_outbound_keeps_headers_and_runs_no_inbound_checks(ip: str | None, auth_
     assert verdict.action is Action.ACCEPT
     assert not any(isinstance(edit, RemoveHeader) for edit in verdict.header_edits)
     assert verdict.header_edits == (InsertHeader(HEADER_NAME, "mx.example.net; none"),)
-    assert check.calls == []
+    assert verdict.results == ()  # no inbound check ran
 
 
 @pytest.mark.parametrize(
@@ -169,54 +169,48 @@ def test_empty_auth_user_is_not_authenticated():
 # --------------------------------------------------------------------------- checks
 
 
-def test_checks_run_in_order_and_see_earlier_results():
-    spf = AuthResult("spf", "pass", properties=(AuthProperty("smtp", "mailfrom", "example.org"),))
-    dkim = AuthResult("dkim", "pass", properties=(AuthProperty("header", "d", "example.org"),))
-    dmarc = AuthResult("dmarc", "pass", properties=(AuthProperty("header", "from", "example.org"),))
-    first, second, third = (
-        RecordingCheck("spf", spf), RecordingCheck("dkim", dkim), RecordingCheck("dmarc", dmarc),
-    )
-    conn = connection("198.51.100.7")
-    verdict = pipeline(first, second, third).evaluate(conn, TRANSACTION)
-    assert [call[2] for call in first.calls + second.calls + third.calls] == [
-        (), (spf,), (spf, dkim),
-    ]
-    assert first.calls[0][0] is conn
-    assert first.calls[0][1] is TRANSACTION
-    assert verdict.results == (spf, dkim, dmarc)
-    assert verdict.header_edits[-1] == InsertHeader(
-        HEADER_NAME,
-        "mx.example.net;\n\tspf=pass smtp.mailfrom=example.org;"
-        "\n\tdkim=pass header.d=example.org;\n\tdmarc=pass header.from=example.org",
-    )
+def test_inbound_checks_report_iprev_then_spf():
+    verdict = checking_pipeline().evaluate(connection("198.51.100.7"), TRANSACTION)
+    assert [(r.method, r.result) for r in verdict.results] == [("iprev", "pass"), ("spf", "pass")]
     assert verdict.header_edits[:2] == (RemoveHeader(HEADER_NAME, 3), RemoveHeader(HEADER_NAME, 1))
+    assert verdict.header_edits[2] == InsertHeader(
+        HEADER_NAME,
+        "mx.example.net;\n\tiprev=pass reason=mail.example.org policy.iprev=198.51.100.7;"
+        "\n\tspf=pass smtp.mailfrom=a@example.org",
+    )
+    assert len(verdict.header_edits) == 3  # no Received-SPF unless asked for
+
+
+def test_received_spf_is_added_when_configured():
+    verdict = checking_pipeline(received_spf=True).evaluate(
+        connection("203.0.113.9"), TRANSACTION)
+    received = [e for e in verdict.header_edits
+                if isinstance(e, InsertHeader) and e.name == "Received-SPF"]
+    assert len(received) == 1
+    assert received[0].value.startswith("fail")
+    assert ("spf", "fail") in [(r.method, r.result) for r in verdict.results]
 
 
 def test_failing_check_becomes_temperror_and_others_still_run(caplog: pytest.LogCaptureFixture):
-    spf = AuthResult("spf", "fail")
-    before, after = RecordingCheck("spf", spf), RecordingCheck("dmarc", AuthResult("dmarc", "none"))
-    boom = ExplodingCheck()
-    errors_before = errors("check_boom")
+    errors_before = errors("check_iprev"), errors("check_spf")
     with caplog.at_level(logging.ERROR, logger="mailward.pipeline"):
-        verdict = pipeline(before, boom, after).evaluate(connection("198.51.100.7"), TRANSACTION)
-    temperror = AuthResult("boom", "temperror", reason="internal error")
-    assert boom.calls == 1
-    assert verdict.results == (spf, temperror, AuthResult("dmarc", "none"))
-    assert after.calls[0][2] == (spf, temperror)
-    assert verdict.action is Action.ACCEPT
-    assert errors("check_boom") - errors_before == 1
-    assert verdict.header_edits[-1] == InsertHeader(
-        HEADER_NAME,
-        'mx.example.net;\n\tspf=fail;\n\tboom=temperror reason="internal error";\n\tdmarc=none',
+        verdict = checking_pipeline(explode=True).evaluate(connection("198.51.100.7"),
+                                                           TRANSACTION)
+    assert verdict.results == (
+        AuthResult("iprev", "temperror", reason="internal error"),
+        AuthResult("spf", "temperror", reason="internal error"),
     )
-    logged = [record for record in caplog.records if "boom" in record.getMessage()]
+    assert verdict.action is Action.ACCEPT
+    assert (errors("check_iprev") - errors_before[0], errors("check_spf") - errors_before[1]) == (
+        1, 1)
+    logged = [record for record in caplog.records if "check spf failed" in record.getMessage()]
     assert len(logged) == 1
     assert logged[0].exc_info is not None  # with its traceback
     assert "4ABC" in logged[0].getMessage()
 
 
 def test_evaluate_is_repeatable():
-    p = pipeline(RecordingCheck("spf", AuthResult("spf", "pass")))
+    p = checking_pipeline()
     conn = connection("198.51.100.7")
     assert p.evaluate(conn, TRANSACTION) == p.evaluate(conn, TRANSACTION)
 
