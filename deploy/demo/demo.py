@@ -34,12 +34,19 @@ STATE_FILE = DEMO_DIR / "demo.json"
 AUTHSERV_ID = "mx.example.net"
 EXTERNAL_CLIENT = "192.0.2.10"
 
-DEMO_ZONE = """\
+# The senders' side of the demo: example.org publishes SPF and DMARC; its mail host
+# 192.0.2.10 has matching reverse DNS; 203.0.113.0/24 is somebody else.
+DEMO_ZONES = {
+    "example.org": """\
 @            IN MX  10 mail
 mail         IN A   192.0.2.10
 @            IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
 _dmarc       IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@example.org"
-"""
+""",
+    "2.0.192.in-addr.arpa": "10 IN PTR mail.example.org.\n",
+    "113.0.203.in-addr.arpa": "",
+}
+OTHER_CLIENT = "203.0.113.5"
 
 
 @dataclass(frozen=True)
@@ -55,9 +62,16 @@ class Sample:
 SAMPLES = (
     Sample(
         "Plain inbound message",
-        "An external client (XCLIENT makes Postfix see 192.0.2.10). Mailward adds one "
-        "Authentication-Results header under its authserv-id.",
+        "example.org's own mail host (XCLIENT makes Postfix see 192.0.2.10). Mailward "
+        "adds one Authentication-Results header under its authserv-id: reverse DNS "
+        "confirmed (iprev), SPF passes for the sender and the HELO name has no SPF.",
         EXTERNAL_CLIENT,
+    ),
+    Sample(
+        "Sender not allowed by SPF",
+        "203.0.113.5 sends as news@example.org, but example.org's SPF lists only "
+        "192.0.2.0/24: spf=fail, and no reverse DNS: iprev=fail.",
+        OTHER_CLIENT,
     ),
     Sample(
         "Forged Authentication-Results",
@@ -98,7 +112,7 @@ def start() -> int:
     print("Starting a private nsd, Dovecot and Postfix on 127.0.0.1 ...")
     try:
         stack.start()
-        stack.dns.set_zone("example.org", DEMO_ZONE)
+        stack.dns.set_zones(DEMO_ZONES)
         services = stack.start_mailward({"general": {"authserv_id": AUTHSERV_ID}},
                                         milter_transport="unix")
     except (HarnessError, OSError) as exc:
@@ -141,7 +155,8 @@ def show(stack: MailStack, sample: Sample, mailbox: str) -> None:
     subject = f"{sample.title} [{uuid.uuid4().hex[:8]}]"
     sender = "alice@example.net" if sample.client is None else "news@example.org"
     message = build_message(sender, mailbox, subject=subject, headers=list(sample.headers))
-    result = stack.send(sender, mailbox, message, xclient_addr=sample.client)
+    result = stack.send(sender, mailbox, message, xclient_addr=sample.client,
+                        helo="mail.example.org")
     print(section(sample.title))
     print(textwrap.fill(sample.explanation, width=78, initial_indent="  ",
                         subsequent_indent="  "))
