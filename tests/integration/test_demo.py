@@ -28,6 +28,7 @@ def alive(pid: int) -> bool:
 def test_demo_starts_shows_results_and_stops_cleanly():
     demo_dir = Path("/tmp") / f"mailward-demo-test-{os.getpid()}"
     started = run_demo("start", demo_dir)
+    pids: list[int] = []
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         out = started.stdout
@@ -36,8 +37,8 @@ def test_demo_starts_shows_results_and_stops_cleanly():
         assert "Stored in: Junk" in out
         assert "relay.example.org; spf=pass" in out
         assert "mailward_milter_forged_authentication_results_removed_total 1.0" in out
-        pids = [int(line.split("pid")[1]) for line in out.splitlines()
-                if line.strip() and " pid " in line and line.startswith("  ")]
+        pids += [int(line.split("pid")[1]) for line in out.splitlines()
+                 if " pid " in line and line.startswith("  ")]
         assert len(pids) == 5, out
         assert all(alive(pid) for pid in pids)
         assert run_demo("start", demo_dir).returncode == 1  # one demo at a time
