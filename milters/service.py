@@ -193,6 +193,7 @@ class MilterService:
         self.workers: dict[int, float] = {}  # pid -> start time
         self._stopping = False
         self._quick_deaths = 0
+        self._listener: int | None = None
 
     # ------------------------------------------------------------------ supervisor
 
@@ -213,8 +214,12 @@ class MilterService:
         except milter.error as exc:
             log.error("cannot listen on %s: %s", address, exc)
             return 1
-        if address.kind is not SocketKind.UNIX:
-            _set_listener_nodelay(address)
+        self._listener = _find_listener(address)
+        if self._listener is None:
+            log.warning("could not find libmilter's socket for %s: no TCP_NODELAY, and "
+                        "stopping will wait for libmilter to notice", address)
+        elif address.kind is not SocketKind.UNIX:
+            _set_nodelay(self._listener)
         try:
             runtime.apply_socket_permissions(address, self.settings.milter.socket_permissions)
             runtime.start_metrics_endpoint(self.settings.metrics.listen)
@@ -253,12 +258,22 @@ class MilterService:
         return status
 
     def _begin_shutdown(self) -> float:
+        """Stop accepting, then let each worker exit once its open sessions are done.
+
+        Workers get no SIGTERM: Debian's libmilter (built with its worker pool) stops
+        serving open sessions once it sees one, which would cut messages off
+        mid-transaction.  The stop flag in shared memory tells the workers instead;
+        each stops listening (`_blind_listener`) and exits when its sessions are done.
+        """
         self._stopping = True
-        self.control.request_stop()
         log.info("stopping: workers finish open sessions (at most %.0fs)",
                  self.settings.milter.shutdown_timeout)
-        for pid in self.workers:
-            os.kill(pid, signal.SIGTERM)
+        self.control.request_stop()
+        if self._listener is not None:
+            os.close(self._listener)  # the workers drop theirs when they see the flag
+        else:
+            for pid in self.workers:
+                os.kill(pid, signal.SIGTERM)
         return time.monotonic() + self.settings.milter.shutdown_timeout + 2.0
 
     def _reload(self) -> None:
@@ -326,9 +341,13 @@ class MilterService:
     def _worker(self) -> None:
         code = 0
         try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            # SIGTERM, SIGINT and SIGHUP stay blocked in every thread of the worker:
+            # libmilter's signal thread takes them with sigwait().  A thread with
+            # them unblocked would let the default action kill the worker mid-message.
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM, signal.SIGINT,
+                                                        signal.SIGHUP})
             self.registry.source = ReloadingPipelineSource(
                 config_path=self.config_path,
                 generation=self.control,
@@ -348,6 +367,8 @@ class MilterService:
     def _exit_when_stopped(self) -> None:
         while not self.control.stopping:
             time.sleep(0.05)
+        if self._listener is not None:
+            _blind_listener(self._listener)
         self._drain_and_exit(0)
 
     def _drain_and_exit(self, code: int) -> None:
@@ -360,13 +381,11 @@ class MilterService:
         os._exit(code)
 
 
-def _set_listener_nodelay(address: SocketAddress) -> None:
-    """Turn off Nagle on libmilter's listening socket; accepted sockets inherit it.
+def _find_listener(address: SocketAddress) -> int | None:
+    """The descriptor of libmilter's listening socket, found by its bound address.
 
-    At end-of-message the milter writes several small replies in a row (add header,
-    then accept); with Nagle on, the second waits for the MTA's delayed ACK, about
-    40 ms per message over TCP.  libmilter does not set TCP_NODELAY and pymilter does
-    not expose the socket, so find it among our descriptors by its bound address.
+    pymilter does not expose it, but the supervisor needs it twice: to turn off Nagle
+    and, at shutdown, to stop new connections while open sessions finish.
     """
     for entry in os.listdir("/proc/self/fd"):
         fd = int(entry)
@@ -377,18 +396,49 @@ def _set_listener_nodelay(address: SocketAddress) -> None:
         except OSError:
             continue
         try:
-            if probe.type != socket.SOCK_STREAM or probe.family not in (
-                socket.AF_INET, socket.AF_INET6
-            ):
+            if probe.type != socket.SOCK_STREAM:
                 continue
-            if probe.getsockname()[1] == address.port:
-                probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return
+            name = probe.getsockname()
+            if address.kind is SocketKind.UNIX:
+                if probe.family == socket.AF_UNIX and name == address.path:
+                    return fd
+            elif probe.family in (socket.AF_INET, socket.AF_INET6) and name[1] == address.port:
+                return fd
         except OSError:
             continue
         finally:
             probe.detach()  # the descriptor stays libmilter's
-    log.warning("could not set TCP_NODELAY on %s: expect ~40 ms per message over TCP", address)
+    return None
+
+
+def _set_nodelay(fd: int) -> None:
+    """Turn off Nagle on the listening socket; accepted sockets inherit it.
+
+    At end-of-message the milter writes several small replies in a row (add header,
+    then accept); with Nagle on, the second waits for the MTA's delayed ACK, about
+    40 ms per message over TCP.  libmilter does not set TCP_NODELAY itself.
+    """
+    listener = socket.socket(fileno=fd)
+    try:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        listener.detach()
+
+
+def _blind_listener(fd: int) -> None:
+    """In a worker: put a never-readable pipe where libmilter's listening socket was.
+
+    libmilter's accept loop keeps polling the same descriptor number and now simply
+    never sees a connection, while its session threads go on serving open sessions.
+    (Closing or shutting down the socket instead makes libmilter abort every session;
+    sending it SIGTERM makes Debian's pooled libmilter stop serving them.)  Once every
+    worker and the supervisor let go of the socket, and libmilter's select() in
+    progress returns (it polls every few seconds), the kernel refuses new connections
+    and the MTA answers 4xx: nothing is lost.
+    """
+    read_end, _write_end = os.pipe()  # the write end stays open, so never EOF
+    os.dup2(read_end, fd)
+    os.close(read_end)
 
 
 def _describe_status(wait_status: int) -> str:
