@@ -81,6 +81,34 @@ POLICYD_PROTOCOL_ERRORS = Counter(
     "Malformed policy input, by kind; the connection is answered safely or closed.",
     ["kind"],
 )
+POLICYD_POLICY_DECISIONS = Counter(
+    "mailward_policyd_policy_decisions_total",
+    "Decisions of each policy (spf, greylist, ratelimit): skip, dunno, prepend, defer, "
+    "reject.  A decision overridden by an earlier policy's defer or reject is not made.",
+    ["policy", "decision"],
+)
+POLICYD_POLICY_SECONDS = Histogram(
+    "mailward_policyd_policy_duration_seconds",
+    "Time one policy took for one request, DNS and state backend included.",
+    ["policy"],
+    buckets=_LATENCY_BUCKETS,
+)
+POLICYD_SPF_RESULTS = Counter(
+    "mailward_policyd_spf_results_total",
+    "SPF results the policy service computed (cached ones not counted again), by identity.",
+    ["identity", "result"],
+)
+POLICYD_SPF_CACHE = Counter(
+    "mailward_policyd_spf_cache_lookups_total",
+    "Per-transaction SPF result cache lookups (one per identity and recipient), by result.",
+    ["result"],
+)
+STATE_ERRORS = Counter(
+    "mailward_state_errors_total",
+    "State backend failures (greylisting, rate limits), by backend and operation; the "
+    "request is answered as [policyd] on_state_error says.",
+    ["backend", "operation"],
+)
 
 # --------------------------------------------------------------------------- engine
 
@@ -111,5 +139,48 @@ DNS_QUERY_SECONDS = Histogram(
 DNS_CACHE_LOOKUPS = Counter(
     "mailward_dns_cache_lookups_total",
     "DNS cache lookups, by result (hit or miss).",
+    ["result"],
+)
+
+# --------------------------------------------------------------------------- DKIM verify
+
+DKIM_SIGNATURES = Counter(
+    "mailward_dkim_signatures_total",
+    "DKIM signatures on inbound mail, by result and problem (\"none\" for a pass).",
+    ["result", "problem"],
+)
+DKIM_SIGNATURES_IGNORED = Counter(
+    "mailward_dkim_signatures_ignored_total",
+    "DKIM signatures neither verified nor reported: beyond twice dkim.max_signatures.",
+)
+DKIM_KEY_CACHE_LOOKUPS = Counter(
+    "mailward_dkim_key_cache_lookups_total",
+    "Lookups in the parsed DKIM key cache, by result (hit or miss).",
+    ["result"],
+)
+
+# --------------------------------------------------------------------------- signing
+
+DKIM_SIGN_MESSAGES = Counter(
+    "mailward_dkim_sign_messages_total",
+    "Outbound messages the DKIM signer decided about, by result: signed, not_selected, "
+    "no_key, no_from, multiple_from, bad_from, oversized, oversized_tempfail, error, "
+    "error_tempfail.",
+    ["result"],
+)
+DKIM_SIGNATURES_ADDED = Counter(
+    "mailward_dkim_signatures_added_total",
+    "DKIM-Signature headers added to outbound mail, by algorithm.",
+    ["algorithm"],
+)
+DKIM_SIGN_SECONDS = Histogram(
+    "mailward_dkim_sign_duration_seconds",
+    "Time to canonicalize, hash and sign one message with all of its keys.",
+    buckets=_LATENCY_BUCKETS,
+)
+ARC_SEALS = Counter(
+    "mailward_arc_seals_total",
+    "ARC sets added as an intermediary, by the chain validation status sealed (cv), "
+    "or not sealed and why.",
     ["result"],
 )

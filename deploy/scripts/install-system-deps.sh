@@ -14,9 +14,10 @@ profile="${1:-core}"
 core_packages=(
   postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve
   nsd redis-server swaks libmilter-dev python3-venv python3-dev gcc make
-  opendkim-tools
+  opendkim opendkim-tools
 )
-bench_packages=(opendkim opendkim-tools rspamd postfix-policyd-spf-python)
+# Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
+bench_packages=(rspamd postfix-policyd-spf-python)
 
 case "$profile" in
   core) wanted=("${core_packages[@]}") ;;

@@ -1,0 +1,957 @@
+"""DKIM verification (RFC 6376), with Ed25519 (RFC 8463) and the RFC 8301 rules.
+
+`DkimVerifier.verify(transaction)` gives one `DkimOutcome` per DKIM-Signature header
+it looked at; `auth_results(outcomes)` turns them into Authentication-Results entries
+(`dkim=none` when there are none).
+
+Why not dkimpy's `DKIM.verify`?  It answers True/False per signature and logs the
+rest, so it cannot tell a DNS timeout (temperror) from a bad signature (fail), a revoked
+key from a missing one, or report a testing key; its time checks use the system clock
+with a fixed 10-hour slop; it canonicalizes and hashes the body again for every
+signature; and its relaxed body canonicalization uses a regular expression that takes
+quadratic time on long runs of white space (a 20,000-space line costs a second, so a
+message made of such lines could stall a worker for hours).  So the protocol is
+implemented here, in linear time, with `cryptography` (OpenSSL) for RSA and Ed25519.
+dkimpy stays the independent reference the tests sign with.
+
+**Results** (RFC 8601 2.7.1), and what gives each:
+
+* `pass`: body hash and signature verify with an acceptable key.
+* `fail`: the check was carried out and failed: the body hash does not match
+  ("body hash did not verify"), the body is shorter than `l=`, the signature does not
+  verify ("signature did not verify"), or the message has more From fields than the
+  signature covers (an unsigned From was added).
+* `policy`: acceptable to the protocol's syntax, refused by our policy: `rsa-sha1`
+  (RFC 8301 3.1 makes it historic; `allow_sha1` lifts that) and RSA keys smaller than
+  `min_key_bits` (RFC 8301 3.2).  No crypto is done for them.
+* `permerror`: the signature cannot be verified and never will be: tag syntax,
+  missing or bad tags, `v` not 1, unknown algorithm or canonicalization, From not
+  signed, `i=` outside `d=`, `t=` in the future or `x=` in the past (beyond
+  `clock_skew`), no key record (NXDOMAIN/NODATA), a key record that does not parse,
+  a revoked key (`p=` empty), an unknown or mismatched `k=`, a key whose `h=` excludes
+  the hash, whose `s=` excludes email, or whose `t=s` forbids a subdomain `i=`.
+* `temperror`: the key lookup failed temporarily (timeout, SERVFAIL).  Never cached.
+* `neutral`: we did not get to a verdict for reasons that are not the sender's fault:
+  the signature is over `max_signatures` ("not verified: over max_signatures"), or the
+  body was larger than `milter.max_body_size` so we hold only a prefix ("body too large
+  to verify"; the header signature is still checked, and a bad one still gives `fail`,
+  but a good one never gives `pass` or a body-hash `fail`).  A signature that fails
+  under a testing key (`t=y`) is also `neutral`, since RFC 6376 3.6.1 forbids treating
+  it worse than an unsigned message; a passing one stays `pass`, with the reason
+  "testing key (t=y)", as OpenDKIM reports it.
+* `none` (from `auth_results` only): no DKIM-Signature at all.
+
+**Caps.**  At most `max_signatures` signatures are verified, those whose `d=` matches
+the From domain (or a parent or child of it) first, then in header order.  Up to
+`max_signatures` more are reported `neutral` without DNS or crypto work; any beyond
+that are neither verified nor reported (they are counted in the log and in
+`mailward_dkim_signatures_ignored_total`), so neither the work nor the A-R header grows
+with the number of signatures.
+
+**Cost.**  The body is canonicalized once per canonicalization and hashed once per
+(canonicalization, hash, `l=`) across all signatures of a message.  Parsed keys are
+cached per selector and domain for the TTL of the DNS answer they came from (negative
+answers too, temporary failures never).
+
+Outcomes are values: nothing here raises on hostile input.  An exception escaping
+`verify` is a bug, left to the pipeline to log and count.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from mailward import message, metrics
+from mailward.checks.dkim_dns import MAX_KEY_RECORD_BYTES
+from mailward.config import DkimVerifySettings
+from mailward.dns import Outcome, Resolver
+from mailward.model import AuthProperty, AuthResult, Connection, Header, Transaction
+
+log = logging.getLogger(__name__)
+
+METHOD = "dkim"
+SIGNATURE_HEADER = "DKIM-Signature"
+
+# Parsed keys kept per process (selector, domain pairs), each for its DNS TTL.
+KEY_CACHE_ENTRIES = 10_000
+# Longest value reported in A-R for d=, s=, a= or i= (a domain name has at most 253).
+_MAX_REPORTED = 255
+B_PREFIX_LENGTH = 8
+
+
+class DkimResult(StrEnum):
+    """DKIM results as Authentication-Results writes them (RFC 8601 2.7.1)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NEUTRAL = "neutral"
+    POLICY = "policy"
+    TEMPERROR = "temperror"
+    PERMERROR = "permerror"
+    NONE = "none"
+
+
+class DkimProblem(StrEnum):
+    """Why a signature did not pass: a bounded set, fit for metric labels and symbols."""
+
+    SYNTAX = "syntax"  # the tag list or a tag value is malformed, or a tag is missing
+    VERSION = "version"  # v= is not 1
+    ALGORITHM = "algorithm"  # unknown a= or c=, or q= without dns/txt
+    FROM_NOT_SIGNED = "from_not_signed"  # h= lacks From (RFC 6376 6.1.1)
+    IDENTITY = "identity"  # i= is not d= or a subdomain of it
+    FUTURE = "future"  # t= later than now (+ clock_skew)
+    EXPIRED = "expired"  # x= earlier than now (- clock_skew), or not after t=
+    SHA1 = "sha1"  # rsa-sha1 refused (RFC 8301)
+    KEY_DNS = "key_dns"  # temporary DNS failure fetching the key
+    NO_KEY = "no_key"  # no key record at selector._domainkey.domain
+    KEY_SYNTAX = "key_syntax"  # the key record or the key in it does not parse
+    KEY_REVOKED = "key_revoked"  # p= is empty
+    KEY_TYPE = "key_type"  # k= unknown, or it does not match a=
+    KEY_UNUSABLE = "key_unusable"  # key h= excludes the hash, s= excludes email, t=s
+    KEY_TOO_SMALL = "key_too_small"  # RSA key under min_key_bits
+    BODY_HASH = "body_hash"  # bh= does not match the body
+    BODY_LENGTH = "body_length"  # body shorter than l=
+    SIGNATURE = "signature"  # b= does not verify
+    UNSIGNED_FROM = "unsigned_from"  # more From fields than h= covers
+    BODY_TOO_LARGE = "body_too_large"  # body over milter.max_body_size: not hashable
+    NOT_VERIFIED = "not_verified"  # over max_signatures
+
+
+@dataclass(frozen=True)
+class DkimOutcome:
+    """What became of one DKIM-Signature header.
+
+    `domain`, `selector`, `algorithm` and `identity` are the signature's d=, s=, a= and
+    i= as written (printable ASCII only, bounded; `domain` lower-cased; "" when absent
+    or unreadable); `b_prefix` is the first 8 characters of b=.  `position` is the
+    1-based occurrence among DKIM-Signature headers, top first.  `verified` is False for
+    signatures over `max_signatures`, which are reported without being checked.
+    `key_bits` is the size of the key used (0 if none was fetched); `testing` says the
+    key record had t=y.  `problem` is None exactly when the result is pass (except for
+    a testing-key pass, which carries no problem either).
+    """
+
+    result: DkimResult
+    reason: str = ""
+    problem: DkimProblem | None = None
+    domain: str = ""
+    selector: str = ""
+    algorithm: str = ""
+    identity: str = ""
+    b_prefix: str = ""
+    position: int = 0
+    verified: bool = True
+    key_bits: int = 0
+    testing: bool = False
+
+
+# --------------------------------------------------------------------------- tag lists
+
+_WS = b" \t\r\n"
+_TAG_NAME = re.compile(rb"[A-Za-z][A-Za-z0-9_]*")
+_WSP_RUN = re.compile(rb"[ \t]+")
+_ALL_WS = re.compile(rb"[ \t\r\n]+")
+
+
+class TagListError(ValueError):
+    """A tag=value list (RFC 6376 3.2) that does not parse."""
+
+
+def parse_tag_list(data: bytes) -> dict[str, bytes]:
+    """Parse an RFC 6376 3.2 tag list: names are case-sensitive, values stripped of FWS.
+
+    A trailing ";" is allowed; an empty tag-spec elsewhere, a spec without "=", a bad
+    tag name or a duplicate tag raise TagListError.
+    """
+    tags: dict[str, bytes] = {}
+    specs = data.split(b";")
+    if not specs[-1].strip(_WS):
+        specs.pop()
+    for spec in specs:
+        name, eq, value = spec.partition(b"=")
+        name = name.strip(_WS)
+        if not eq or not _TAG_NAME.fullmatch(name):
+            raise TagListError(f"malformed tag {_printable(spec.strip(_WS), 20)!r}")
+        key = name.decode("ascii")
+        if key in tags:
+            raise TagListError(f"duplicate tag {key}=")
+        tags[key] = value.strip(_WS)
+    return tags
+
+
+def _lenient_tags(data: bytes) -> dict[str, bytes]:
+    """What can be read from a tag list that may not parse: first value of each name."""
+    tags: dict[str, bytes] = {}
+    for spec in data.split(b";"):
+        name, eq, value = spec.partition(b"=")
+        key = name.strip(_WS)
+        if eq and _TAG_NAME.fullmatch(key):
+            tags.setdefault(key.decode("ascii"), value.strip(_WS))
+    return tags
+
+
+def _printable(value: bytes | str, limit: int = _MAX_REPORTED) -> str:
+    """`value` fit for a log line or an A-R pvalue: printable ASCII, bounded."""
+    value = value[: limit * 4 + 16]  # bounded work on absurd values
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    text = " ".join(text.split())
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(char if " " <= char <= "~" else "?" for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _strip_b_value(value: bytes) -> bytes:
+    """The signature header value with b='s value (and the white space around it) removed.
+
+    RFC 6376 3.7: the value of b= is treated as empty when hashing the header.  Tags are
+    found by the tag-list syntax, not by a pattern, so no other tag is touched.
+    """
+    specs = value.split(b";")
+    for index, spec in enumerate(specs):
+        name, eq, _ = spec.partition(b"=")
+        if eq and name.strip(_WS) == b"b":
+            specs[index] = spec[: len(name) + 1]
+    return b";".join(specs)
+
+
+# --------------------------------------------------------------------------- canonicalization
+
+
+def content_end(data: bytes) -> int:
+    """Length of `data` without its trailing run of CRLF pairs ("empty lines"), in O(n).
+
+    The trailing run is the longest suffix that is a whole number of b"\\r\\n"; a lone
+    CR or LF before it belongs to the content.
+    """
+    window = data[-64:]  # rstrip copies: look at the end first, the whole only if needed
+    kept = len(window.rstrip(b"\r\n"))
+    tail_start = len(data) - len(window) + kept if kept else len(data.rstrip(b"\r\n"))
+    tail = data[tail_start:]
+    if not tail.endswith(b"\n"):
+        return len(data)
+    # In the tail (only CR and LF), the CRLF run is the alternating stretch at its end.
+    start = max(tail.rfind(b"\r\r"), tail.rfind(b"\n\n")) + 1
+    if tail[start : start + 1] == b"\n":
+        start += 1
+    return tail_start + start
+
+
+def canonicalize_body(body: bytes, algorithm: str) -> bytes:
+    """The body canonicalized as RFC 6376 3.4.3 (simple) or 3.4.4 (relaxed); linear time.
+
+    Line ends must already be CRLF (`message.to_crlf`).  A non-empty body without a final
+    CRLF gets one before the rules apply.
+    """
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    if algorithm == "relaxed":
+        body = compress_wsp(body).replace(b" \r\n", b"\r\n")
+    end = content_end(body)
+    if not end:
+        return b"" if algorithm == "relaxed" else b"\r\n"
+    if end == len(body) - 2:
+        return body  # already ends in exactly one CRLF: no copy
+    return body[:end] + b"\r\n"
+
+
+def compress_wsp(data: bytes) -> bytes:
+    """Every run of spaces and tabs as one space.
+
+    Done with bytes.replace, which runs at memory speed: tabs become spaces, then double
+    spaces are halved until none is left (log2 of the longest run passes, each over a
+    shrinking buffer).  A regular expression does the same an order of magnitude slower,
+    which matters for multi-megabyte bodies.
+    """
+    data = data.replace(b"\t", b" ")
+    while True:
+        halved = data.replace(b"  ", b" ")
+        if len(halved) == len(data):
+            return data
+        data = halved
+
+
+def relaxed_header(name: bytes, value: bytes) -> bytes:
+    """One header field canonicalized as RFC 6376 3.4.2 (relaxed), with its CRLF."""
+    unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
+    compact = _WSP_RUN.sub(b" ", unfolded).strip(b" ")
+    return name.lower().rstrip(b" \t") + b":" + compact + b"\r\n"
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+class _Problem(Exception):
+    """A signature's final non-pass result, raised to leave the verification early."""
+
+    def __init__(self, result: DkimResult, problem: DkimProblem, reason: str) -> None:
+        super().__init__(reason)
+        self.result = result
+        self.problem = problem
+        self.reason = reason
+
+
+def _permerror(problem: DkimProblem, reason: str) -> _Problem:
+    return _Problem(DkimResult.PERMERROR, problem, reason)
+
+
+_ALGORITHMS = {
+    "rsa-sha256": ("rsa", "sha256"),
+    "rsa-sha1": ("rsa", "sha1"),
+    "ed25519-sha256": ("ed25519", "sha256"),
+}
+_CANONICALIZATIONS = ("simple", "relaxed")
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_DIGITS = re.compile(rb"[0-9]{1,20}")
+
+
+@dataclass(frozen=True)
+class _Signature:
+    """A DKIM-Signature whose tags passed the syntax checks."""
+
+    key_type: str
+    hash_name: str
+    header_canon: str
+    body_canon: str
+    domain: str
+    selector: str
+    identity_domain: str
+    signed_headers: tuple[bytes, ...]
+    body_hash: bytes
+    signature: bytes
+    length: int | None
+
+
+def _parse_signature(value: bytes, now: float, skew: int) -> tuple[_Signature, str]:
+    """Check a DKIM-Signature value (RFC 6376 3.5, 6.1.1); returns it and its a= value."""
+    try:
+        tags = parse_tag_list(value)
+    except TagListError as exc:
+        raise _permerror(DkimProblem.SYNTAX, f"signature syntax error: {exc}") from None
+    for required in ("v", "a", "b", "bh", "d", "h", "s"):
+        if required not in tags:
+            raise _permerror(DkimProblem.SYNTAX, f"signature has no {required}= tag")
+    if tags["v"] != b"1":
+        raise _permerror(DkimProblem.VERSION, f"unsupported version v={_printable(tags['v'], 20)}")
+    algorithm = tags["a"].decode("ascii", "replace").lower()
+    if algorithm not in _ALGORITHMS:
+        raise _permerror(
+            DkimProblem.ALGORITHM, f"unsupported algorithm a={_printable(algorithm, 30)}"
+        )
+    key_type, hash_name = _ALGORITHMS[algorithm]
+    header_canon, body_canon = _canonicalization(tags.get("c", b"simple/simple"))
+    if "q" in tags and b"dns/txt" not in (
+        part.strip(_WS).lower() for part in tags["q"].split(b":")
+    ):
+        raise _permerror(DkimProblem.ALGORITHM, "q= does not include dns/txt")
+    domain = _domain_name(tags["d"])
+    if domain is None:
+        raise _permerror(DkimProblem.SYNTAX, "d= is not a valid domain")
+    selector = _selector_name(tags["s"])
+    if selector is None:
+        raise _permerror(DkimProblem.SYNTAX, "s= is not a valid selector")
+    # Empty entries ("h=from:to:") are tolerated, as other verifiers do.
+    signed = tuple(
+        name for name in (part.strip(_WS).lower() for part in tags["h"].split(b":")) if name
+    )
+    if not all(_header_name_ok(name) for name in signed):
+        raise _permerror(DkimProblem.SYNTAX, "h= is not a list of header names")
+    if b"from" not in signed:
+        raise _permerror(DkimProblem.FROM_NOT_SIGNED, "From field not signed")
+    identity_domain = domain
+    if "i" in tags:
+        _, at, i_domain = tags["i"].rpartition(b"@")
+        checked = _domain_name(i_domain) if at else None
+        if checked is None or not (checked == domain or checked.endswith("." + domain)):
+            raise _permerror(DkimProblem.IDENTITY, "i= is not in the d= domain")
+        identity_domain = checked
+    body_hash = _base64(tags["bh"], "bh")
+    signature = _base64(tags["b"], "b")
+    if not body_hash or not signature:
+        raise _permerror(DkimProblem.SYNTAX, "empty b= or bh=")
+    length = _number(tags, "l")
+    timestamp = _number(tags, "t")
+    expiry = _number(tags, "x")
+    if timestamp is not None and timestamp > now + skew:
+        raise _permerror(DkimProblem.FUTURE, "signature timestamp t= is in the future")
+    if expiry is not None:
+        if timestamp is not None and expiry <= timestamp:
+            raise _permerror(DkimProblem.EXPIRED, "x= is not later than t=")
+        if expiry < now - skew:
+            raise _permerror(DkimProblem.EXPIRED, "signature expired (x=)")
+    signature_data = _Signature(
+        key_type=key_type, hash_name=hash_name, header_canon=header_canon,
+        body_canon=body_canon, domain=domain, selector=selector,
+        identity_domain=identity_domain, signed_headers=signed, body_hash=body_hash,
+        signature=signature, length=length,
+    )
+    return signature_data, algorithm
+
+
+def _canonicalization(value: bytes) -> tuple[str, str]:
+    text = value.decode("ascii", "replace").lower()
+    header, slash, body = text.partition("/")
+    if not slash:
+        body = "simple"  # RFC 6376 3.5: c=relaxed means relaxed/simple
+    if header not in _CANONICALIZATIONS or body not in _CANONICALIZATIONS:
+        raise _permerror(DkimProblem.ALGORITHM, f"unsupported c={_printable(text, 30)}")
+    return header, body
+
+
+def _domain_name(value: bytes) -> str | None:
+    """d= (or the domain of i=) as an A-label domain of two or more labels, or None."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = text.rstrip(".")
+    if not text.isascii():
+        try:
+            text = text.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    labels = text.split(".")
+    if len(text) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(x) for x in labels):
+        return None
+    return text.lower()
+
+
+def _selector_name(value: bytes) -> str | None:
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    labels = text.split(".")
+    if len(text) > 200 or not all(_LABEL.fullmatch(label) for label in labels):
+        return None
+    return text.lower()
+
+
+def _header_name_ok(name: bytes) -> bool:
+    # RFC 5322 ftext: printable US-ASCII except the colon (the separator already).
+    return all(33 <= char <= 126 for char in name)
+
+
+def _base64(value: bytes, tag: str) -> bytes:
+    compact = _ALL_WS.sub(b"", value)
+    if not _BASE64.fullmatch(compact) or len(compact) % 4 == 1:
+        raise _permerror(DkimProblem.SYNTAX, f"{tag}= is not base64")
+    try:
+        return base64.b64decode(compact + b"=" * (-len(compact) % 4))
+    except (binascii.Error, ValueError):
+        raise _permerror(DkimProblem.SYNTAX, f"{tag}= is not base64") from None
+
+
+def _number(tags: dict[str, bytes], tag: str) -> int | None:
+    if tag not in tags:
+        return None
+    value = tags[tag]
+    if not _DIGITS.fullmatch(value):
+        raise _permerror(DkimProblem.SYNTAX, f"{tag}= is not a decimal number")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    """A parsed key record (RFC 6376 3.6.1)."""
+
+    key_type: str  # "rsa" or "ed25519"
+    public_key: RSAPublicKey | Ed25519PublicKey
+    bits: int
+    hashes: frozenset[str] | None  # h=: acceptable hash algorithms; None = any
+    services: frozenset[str]  # s=: service types ("*", "email", ...)
+    testing: bool  # t=y
+    strict: bool  # t=s: i= must be exactly d=
+
+
+@dataclass(frozen=True)
+class _KeyFailure:
+    result: DkimResult
+    problem: DkimProblem
+    reason: str
+
+    def error(self) -> _Problem:
+        return _Problem(self.result, self.problem, self.reason)
+
+
+def parse_key_record(record: bytes) -> DkimKey:
+    """Parse one key record; raises _Problem (permerror) with the reason it is unusable."""
+    if len(record) > MAX_KEY_RECORD_BYTES:
+        raise _permerror(DkimProblem.KEY_SYNTAX, "key record too long")
+    try:
+        tags = parse_tag_list(record)
+    except TagListError as exc:
+        raise _permerror(DkimProblem.KEY_SYNTAX, f"key record syntax error: {exc}") from None
+    if "v" in tags and tags["v"] != b"DKIM1":
+        raise _permerror(DkimProblem.KEY_SYNTAX, "key record version is not DKIM1")
+    if "p" not in tags:
+        raise _permerror(DkimProblem.KEY_SYNTAX, "key record has no p=")
+    data = _ALL_WS.sub(b"", tags["p"])
+    if not data:
+        raise _permerror(DkimProblem.KEY_REVOKED, "key revoked")
+    key_type = tags.get("k", b"rsa").lower().decode("ascii", "replace")
+    if key_type not in ("rsa", "ed25519"):
+        raise _permerror(DkimProblem.KEY_TYPE, f"unknown key type k={_printable(key_type, 30)}")
+    try:
+        der = _base64(data, "p")
+    except _Problem:
+        raise _permerror(DkimProblem.KEY_SYNTAX, "key p= is not base64") from None
+    public_key: RSAPublicKey | Ed25519PublicKey
+    try:
+        if key_type == "rsa":
+            loaded = serialization.load_der_public_key(der)
+            if not isinstance(loaded, RSAPublicKey):
+                raise ValueError("not an RSA key")
+            public_key, bits = loaded, loaded.key_size
+        else:
+            public_key, bits = Ed25519PublicKey.from_public_bytes(der), 256
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise _permerror(
+            DkimProblem.KEY_SYNTAX, f"key p= is not a valid {key_type} public key"
+        ) from None
+    flags = _colon_list(tags.get("t", b""))
+    return DkimKey(
+        key_type=key_type,
+        public_key=public_key,
+        bits=bits,
+        hashes=_colon_list(tags["h"]) if "h" in tags else None,
+        services=_colon_list(tags.get("s", b"*")),
+        testing="y" in flags,
+        strict="s" in flags,
+    )
+
+
+def _colon_list(value: bytes) -> frozenset[str]:
+    return frozenset(
+        part.strip(_WS).lower().decode("ascii", "replace") for part in value.split(b":")
+    ) - {""}
+
+
+class _KeyCache:
+    """Parsed keys and key failures per (selector, domain), until their TTL. Thread-safe."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, DkimKey | _KeyFailure]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> DkimKey | _KeyFailure | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[str, str], value: DkimKey | _KeyFailure, ttl: int) -> None:
+        if ttl <= 0 or self._max <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self._clock() + ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# --------------------------------------------------------------------------- the message
+
+
+class _MessageView:
+    """One message as the signatures see it; canonical forms are computed once, lazily."""
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.truncated = transaction.body_truncated
+        self._transaction = transaction
+        self.headers = [
+            (message.header_name_bytes(h), message.header_value_bytes(h) + message.CRLF)
+            for h in transaction.headers
+        ]
+        self._lower = [name.lower().rstrip(b" \t") for name, _ in self.headers]
+        self._relaxed: dict[int, bytes] = {}
+        self._bodies: dict[str, bytes] = {}
+        self._digests: dict[tuple[str, str, int | None], bytes | None] = {}
+        self.from_count = self._lower.count(b"from")
+
+    def body_digest(self, canon: str, hash_name: str, length: int | None) -> bytes | None:
+        """Digest of the canonical body (its first `length` octets); None if it is shorter."""
+        key = (canon, hash_name, length)
+        if key not in self._digests:
+            body = self._bodies.get(canon)
+            if body is None:
+                body = canonicalize_body(message.to_crlf(self._transaction.body), canon)
+                self._bodies[canon] = body
+            if length is not None and length > len(body):
+                self._digests[key] = None
+            else:
+                data = body if length is None else memoryview(body)[:length]
+                self._digests[key] = hashlib.new(hash_name, data).digest()
+        return self._digests[key]
+
+    def select(self, signed: Sequence[bytes]) -> list[int]:
+        """Indexes of the headers h= names, each name taking instances bottom-up."""
+        chosen = []
+        last: dict[bytes, int] = {}
+        for name in signed:
+            index = last.get(name, len(self._lower))
+            while index > 0:
+                index -= 1
+                if self._lower[index] == name:
+                    chosen.append(index)
+                    break
+            last[name] = index
+        return chosen
+
+    def header(self, index: int, canon: str) -> bytes:
+        name, value = self.headers[index]
+        if canon == "simple":
+            return name + b":" + value
+        cached = self._relaxed.get(index)
+        if cached is None:
+            cached = self._relaxed[index] = relaxed_header(name, value)
+        return cached
+
+
+# --------------------------------------------------------------------------- the verifier
+
+
+class DkimVerifier:
+    """Verifies the DKIM signatures of inbound messages; one instance per configuration.
+
+    Thread-safe: the only state kept between messages is the key cache.  `clock` gives
+    the wall-clock time for t= and x=; `monotonic` times cache entries.
+    """
+
+    method = METHOD
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        settings: DkimVerifySettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        key_cache_entries: int = KEY_CACHE_ENTRIES,
+    ) -> None:
+        self._resolver = resolver
+        self._settings = settings if settings is not None else DkimVerifySettings()
+        self._clock = clock
+        self._keys = _KeyCache(key_cache_entries, monotonic)
+
+    # -- public API
+
+    def verify(self, transaction: Transaction) -> tuple[DkimOutcome, ...]:
+        """One outcome per DKIM-Signature looked at, in header order; () if unsigned."""
+        signatures = [
+            (position, header)
+            for position, header in transaction.headers_named(SIGNATURE_HEADER)
+        ]
+        if not signatures:
+            log.debug("%s: no DKIM-Signature", transaction.log_id)
+            return ()
+        cap = self._settings.max_signatures
+        chosen = signatures
+        if len(signatures) > cap:
+            chosen = self._choose(signatures, message.from_domain(transaction), cap)
+        view = _MessageView(transaction)
+        now = self._clock()
+        outcomes = [self._verify_one(pos, header, view, now) for pos, header in chosen]
+        taken = {pos for pos, _ in chosen}
+        rest = [(pos, header) for pos, header in signatures if pos not in taken]
+        outcomes.extend(_unverified(pos, header) for pos, header in rest[:cap])
+        ignored = len(rest) - min(len(rest), cap)
+        outcomes.sort(key=lambda outcome: outcome.position)
+        self._record(transaction, outcomes, ignored)
+        return tuple(outcomes)
+
+    def check(
+        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
+    ) -> Sequence[AuthResult]:
+        """The pipeline's InboundCheck interface: A-R results for this message.
+
+        With `[dkim] verify = false` there are none (not even dkim=none: nothing was
+        checked).
+        """
+        if not self._settings.verify:
+            return ()
+        return auth_results(self.verify(transaction))
+
+    # -- choosing
+
+    @staticmethod
+    def _choose(
+        signatures: list[tuple[int, Header]], author_domain: str | None, cap: int
+    ) -> list[tuple[int, Header]]:
+        """The `cap` signatures to verify: those whose d= is related to From first."""
+        if author_domain is None:
+            return signatures[:cap]
+
+        def related(header: Header) -> bool:
+            value = _lenient_tags(header.raw_value()).get("d", b"")
+            domain = value.decode("utf-8", "replace").strip().rstrip(".").lower()
+            return "." in domain and (  # a bare TLD is nobody's domain
+                domain == author_domain
+                or author_domain.endswith("." + domain)
+                or domain.endswith("." + author_domain)
+            )
+
+        ranked = sorted(signatures, key=lambda item: 0 if related(item[1]) else 1)
+        return sorted(ranked[:cap], key=lambda item: item[0])
+
+    # -- one signature
+
+    def _verify_one(
+        self, position: int, header: Header, view: _MessageView, now: float
+    ) -> DkimOutcome:
+        raw = message.header_value_bytes(header)
+        outcome = _reported(position, raw)
+        key: DkimKey | None = None
+        try:
+            signature, _ = _parse_signature(raw, now, self._settings.clock_skew)
+            if signature.hash_name == "sha1" and not self._settings.allow_sha1:
+                raise _Problem(
+                    DkimResult.POLICY, DkimProblem.SHA1, "rsa-sha1 is not accepted (RFC 8301)"
+                )
+            key = self._key(signature.selector, signature.domain)
+            self._check_key(signature, key)
+            own = (message.header_name_bytes(header), raw)
+            self._check_content(signature, key, own, view)
+        except _Problem as problem:
+            result, reason = problem.result, problem.reason
+            testing = key is not None and key.testing
+            if testing and result is DkimResult.FAIL:
+                result, reason = DkimResult.NEUTRAL, f"testing key (t=y): {reason}"
+            return replace(
+                outcome, result=result, reason=reason, problem=problem.problem,
+                key_bits=key.bits if key is not None else 0, testing=testing,
+            )
+        return replace(
+            outcome, result=DkimResult.PASS, reason="testing key (t=y)" if key.testing else "",
+            key_bits=key.bits, testing=key.testing,
+        )
+
+    def _check_key(self, signature: _Signature, key: DkimKey) -> None:
+        if key.key_type != signature.key_type:
+            raise _permerror(
+                DkimProblem.KEY_TYPE, f"key type {key.key_type} does not match a="
+            )
+        if key.hashes is not None and signature.hash_name not in key.hashes:
+            raise _permerror(
+                DkimProblem.KEY_UNUSABLE, f"key h= does not allow {signature.hash_name}"
+            )
+        if not key.services & {"*", "email"}:
+            raise _permerror(DkimProblem.KEY_UNUSABLE, "key s= does not include email")
+        if key.strict and signature.identity_domain != signature.domain:
+            raise _permerror(
+                DkimProblem.KEY_UNUSABLE, "key t=s forbids an i= subdomain of d="
+            )
+        if key.key_type == "rsa" and key.bits < self._settings.min_key_bits:
+            raise _Problem(
+                DkimResult.POLICY, DkimProblem.KEY_TOO_SMALL,
+                f"key too small ({key.bits} bits, minimum {self._settings.min_key_bits})",
+            )
+
+    def _check_content(
+        self, signature: _Signature, key: DkimKey, own: tuple[bytes, bytes], view: _MessageView
+    ) -> None:
+        """Body hash, From count and the signature over the headers, in that order."""
+        if not view.truncated:
+            digest = view.body_digest(signature.body_canon, signature.hash_name, signature.length)
+            if digest is None:
+                raise _Problem(
+                    DkimResult.FAIL, DkimProblem.BODY_LENGTH,
+                    "body hash did not verify: body shorter than l=",
+                )
+            if digest != signature.body_hash:
+                raise _Problem(DkimResult.FAIL, DkimProblem.BODY_HASH, "body hash did not verify")
+        if view.from_count > signature.signed_headers.count(b"from"):
+            raise _Problem(
+                DkimResult.FAIL, DkimProblem.UNSIGNED_FROM, "message has an unsigned From field"
+            )
+        data = _signed_data(signature, own, view)
+        if not _signature_valid(key, signature, data):
+            raise _Problem(DkimResult.FAIL, DkimProblem.SIGNATURE, "signature did not verify")
+        if view.truncated:
+            raise _Problem(
+                DkimResult.NEUTRAL, DkimProblem.BODY_TOO_LARGE, "body too large to verify"
+            )
+
+    # -- keys
+
+    def _key(self, selector: str, domain: str) -> DkimKey:
+        cache_key = (selector, domain)
+        cached = self._keys.get(cache_key)
+        if cached is not None:
+            metrics.DKIM_KEY_CACHE_LOOKUPS.labels("hit").inc()
+        else:
+            metrics.DKIM_KEY_CACHE_LOOKUPS.labels("miss").inc()
+            cached = self._fetch_key(selector, domain)
+        if isinstance(cached, _KeyFailure):
+            raise cached.error()
+        return cached
+
+    def _fetch_key(self, selector: str, domain: str) -> DkimKey | _KeyFailure:
+        name = f"{selector}._domainkey.{domain}"
+        answer = self._resolver.query(name, "TXT")
+        if answer.outcome is Outcome.TEMPERROR:
+            # Never cached: the next message must see the recovery.
+            return _KeyFailure(
+                DkimResult.TEMPERROR, DkimProblem.KEY_DNS,
+                f"key lookup failed: {_printable(answer.error or 'temporary DNS failure', 80)}",
+            )
+        found: DkimKey | _KeyFailure
+        if answer.outcome is not Outcome.ANSWER or not answer.txt_strings:
+            found = _KeyFailure(DkimResult.PERMERROR, DkimProblem.NO_KEY, "no key for signature")
+        else:
+            found = _first_key(b"".join(strings) for strings in answer.txt_strings)
+        self._keys.put((selector, domain), found, answer.ttl)
+        return found
+
+    # -- reporting
+
+    def _record(
+        self, transaction: Transaction, outcomes: Sequence[DkimOutcome], ignored: int
+    ) -> None:
+        for outcome in outcomes:
+            problem = outcome.problem.value if outcome.problem else "none"
+            metrics.DKIM_SIGNATURES.labels(outcome.result.value, problem).inc()
+            level = logging.DEBUG if outcome.result is DkimResult.PASS else logging.INFO
+            log.log(
+                level, "%s: dkim=%s d=%s s=%s a=%s b=%s%s", transaction.log_id,
+                outcome.result.value, outcome.domain or "-", outcome.selector or "-",
+                outcome.algorithm or "-", outcome.b_prefix or "-",
+                f" reason={outcome.reason!r}" if outcome.reason else "",
+            )
+        if ignored:
+            metrics.DKIM_SIGNATURES_IGNORED.inc(ignored)
+            log.info(
+                "%s: %d more DKIM signatures ignored (verified and reported at most %d each)",
+                transaction.log_id, ignored, self._settings.max_signatures,
+            )
+
+
+def _first_key(records: Iterable[bytes]) -> DkimKey | _KeyFailure:
+    """The first record that is a usable key; else why the first one is not.
+
+    RFC 6376 3.6.2.2 leaves several records at one selector undefined; taking the first
+    that parses tolerates an unrelated TXT record next to the key.
+    """
+    first: _KeyFailure | None = None
+    for record in records:
+        try:
+            return parse_key_record(record)
+        except _Problem as problem:
+            if first is None:
+                first = _KeyFailure(problem.result, problem.problem, problem.reason)
+    assert first is not None
+    return first
+
+
+def _signed_data(
+    signature: _Signature, own: tuple[bytes, bytes], view: _MessageView
+) -> bytes:
+    """The canonical header data the signature covers (RFC 6376 3.7).
+
+    The signed headers in h= order, then the DKIM-Signature itself (`own`: its name as
+    written and its value) with b= emptied and without a final CRLF.
+    """
+    canon = signature.header_canon
+    parts = [view.header(index, canon) for index in view.select(signature.signed_headers)]
+    name, value = own
+    stripped = _strip_b_value(value)
+    if canon == "simple":
+        parts.append(name + b":" + stripped)
+    else:
+        parts.append(relaxed_header(name, stripped)[:-2])
+    return b"".join(parts)
+
+
+def _signature_valid(key: DkimKey, signature: _Signature, data: bytes) -> bool:
+    try:
+        if isinstance(key.public_key, RSAPublicKey):
+            algorithm = hashes.SHA256() if signature.hash_name == "sha256" else hashes.SHA1()
+            key.public_key.verify(signature.signature, data, padding.PKCS1v15(), algorithm)
+        else:
+            # RFC 8463 3: Ed25519 signs the SHA-256 hash of the canonical header data.
+            key.public_key.verify(signature.signature, hashlib.sha256(data).digest())
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
+        return False
+    return True
+
+
+def _reported(position: int, raw: bytes) -> DkimOutcome:
+    """An outcome with what the signature says about itself, read leniently."""
+    tags = _lenient_tags(raw)
+    return DkimOutcome(
+        result=DkimResult.NEUTRAL,
+        domain=_printable(tags.get("d", b"")).lower(),
+        selector=_printable(tags.get("s", b"")),
+        algorithm=_printable(tags.get("a", b""), 40),
+        identity=_printable(tags.get("i", b"")),
+        b_prefix=_printable(_ALL_WS.sub(b"", tags.get("b", b"")[:256])[:B_PREFIX_LENGTH]),
+        position=position,
+    )
+
+
+def _unverified(position: int, header: Header) -> DkimOutcome:
+    return replace(
+        _reported(position, message.header_value_bytes(header)),
+        result=DkimResult.NEUTRAL, reason="not verified: over max_signatures",
+        problem=DkimProblem.NOT_VERIFIED, verified=False,
+    )
+
+
+# --------------------------------------------------------------------------- A-R
+
+
+def auth_result(outcome: DkimOutcome) -> AuthResult:
+    """One A-R entry: dkim=RESULT reason=... header.d header.i header.s header.a header.b.
+
+    header.i only when the signature has an explicit i=; properties the signature did
+    not give (or gave unreadably) are left out rather than written empty.
+    """
+    properties = tuple(
+        AuthProperty("header", name, value)
+        for name, value in (
+            ("d", outcome.domain),
+            ("i", outcome.identity),
+            ("s", outcome.selector),
+            ("a", outcome.algorithm),
+            ("b", outcome.b_prefix),
+        )
+        if value
+    )
+    return AuthResult(METHOD, outcome.result.value, outcome.reason or None, properties)
+
+
+def auth_results(outcomes: Sequence[DkimOutcome]) -> tuple[AuthResult, ...]:
+    """A-R entries for a message: one per outcome, or `dkim=none` if it had no signature."""
+    if not outcomes:
+        return (AuthResult(METHOD, DkimResult.NONE.value),)
+    return tuple(auth_result(outcome) for outcome in outcomes)
