@@ -184,3 +184,17 @@ ARC_SEALS = Counter(
     "or not sealed and why.",
     ["result"],
 )
+
+# --------------------------------------------------------------------------- DMARC
+
+DMARC_RESULTS = Counter(
+    "mailward_dmarc_results_total",
+    "DMARC evaluations of inbound mail, by result and the disposition the policy asks for.",
+    ["result", "disposition"],
+)
+DMARC_ENFORCEMENT = Counter(
+    "mailward_dmarc_enforcement_total",
+    "What enforcement did with a DMARC failure: reject, quarantine_hold, quarantine_header, "
+    "tempfail, report_only, arc_override, size_exempt (nothing: no failure to act on).",
+    ["outcome"],
+)

@@ -21,7 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from mailward import authres, metrics
+from mailward import authres, enforcement, metrics
+from mailward.checks import arc as arc_check
+from mailward.checks import dkim as dkim_check
+from mailward.checks import dmarc as dmarc_check
 from mailward.checks import iprev as iprev_check
 from mailward.checks import spf as spf_check
 from mailward.config import Settings
@@ -33,6 +36,7 @@ from mailward.model import (
     Direction,
     HeaderEdit,
     InsertHeader,
+    IPAddress,
     Transaction,
     Verdict,
 )
@@ -58,6 +62,9 @@ class InboundChecks:
 
     spf: spf_check.SpfCheck | None = None
     iprev: bool = False
+    dkim: dkim_check.DkimVerifier | None = None
+    arc: arc_check.ArcVerifier | None = None
+    dmarc: dmarc_check.DmarcEvaluator | None = None
 
 
 @dataclass(frozen=True)
@@ -66,17 +73,31 @@ class InboundReport:
 
     iprev: iprev_check.IprevOutcome | None = None
     spf: tuple[spf_check.SpfOutcome, ...] = ()
+    dkim: tuple[dkim_check.DkimOutcome, ...] | None = None  # None: not checked
+    arc: arc_check.ArcOutcome | None = None
+    dmarc: dmarc_check.DmarcOutcome | None = None
+    client_ip: IPAddress | None = None
     failed: tuple[str, ...] = ()  # methods whose check raised: reported as temperror
 
-    def auth_results(self) -> tuple[AuthResult, ...]:
-        """A-R results in the conventional order: iprev, spf, then the failed checks."""
-        results: list[AuthResult] = []
-        if self.iprev is not None:
-            results.append(iprev_check.auth_result(self.iprev))
-        results.extend(spf_check.auth_result(outcome) for outcome in self.spf)
-        results.extend(
-            AuthResult(method, "temperror", reason="internal error") for method in self.failed
-        )
+    def auth_results(
+        self, decision: enforcement.Enforcement = enforcement.ACCEPT
+    ) -> tuple[AuthResult, ...]:
+        """A-R results in the conventional order: iprev, spf, dkim, arc, dmarc; a check
+        that raised is reported as temperror in its place."""
+        produced: dict[str, list[AuthResult]] = {
+            iprev_check.METHOD: [iprev_check.auth_result(self.iprev)] if self.iprev else [],
+            spf_check.METHOD: [spf_check.auth_result(outcome) for outcome in self.spf],
+            dkim_check.METHOD: (
+                list(dkim_check.auth_results(self.dkim)) if self.dkim is not None else []),
+            arc_check.METHOD: (
+                [arc_check.auth_result(self.arc, self.client_ip)] if self.arc else []),
+            dmarc_check.METHOD: (
+                [enforcement.annotate(dmarc_check.auth_result(self.dmarc), decision)]
+                if self.dmarc else []),
+        }
+        for method in self.failed:
+            produced[method] = [AuthResult(method, "temperror", reason="internal error")]
+        results = [result for method_results in produced.values() for result in method_results]
         return tuple(results)
 
 
@@ -117,13 +138,18 @@ class Pipeline:
             log.info("%s: removing %d forged Authentication-Results claiming %s",
                      transaction.log_id, len(edits), authserv_id)
         report = self.inbound_report(connection, transaction)
-        results = report.auth_results()
+        decision = enforcement.enforce(
+            self.settings, report.dmarc, report.dkim or (), report.arc,
+            inputs_failed=bool({spf_check.METHOD, dkim_check.METHOD} & set(report.failed)),
+        )
+        results = report.auth_results(decision)
         edits.append(InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, results)))
         if self.settings.spf.received_spf and report.spf:
             value = spf_check.received_spf(report.spf[0], authserv_id)
             edits.append(InsertHeader(spf_check.RECEIVED_SPF, value))
-        return Verdict(Action.ACCEPT, header_edits=tuple(edits), results=results,
-                       direction=Direction.INBOUND)
+        edits.extend(decision.header_edits)
+        return Verdict(decision.action, reply=decision.reply, header_edits=tuple(edits),
+                       results=results, direction=Direction.INBOUND, reason=decision.reason)
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
         """Run the inbound checks in dependency order; each failure is contained."""
@@ -143,7 +169,31 @@ class Pipeline:
                 spf_check.METHOD, transaction, failed,
                 lambda: spf_checker.evaluate(client_ip, connection.helo, transaction.mail_from),
             ) or ()
-        return InboundReport(iprev=iprev, spf=spf, failed=tuple(failed))
+        dkim = None
+        if checks.dkim is not None:
+            verifier = checks.dkim
+            dkim = self._attempt(dkim_check.METHOD, transaction, failed,
+                                 lambda: verifier.verify(transaction))
+        arc = None
+        if checks.arc is not None:
+            arc_verifier = checks.arc
+            arc = self._attempt(arc_check.METHOD, transaction, failed,
+                                lambda: arc_verifier.verify(transaction))
+        dmarc = None
+        if checks.dmarc is not None:
+            evaluator = checks.dmarc
+            # DMARC reads the MAIL FROM outcome (HELO's for a null sender), never the
+            # separate HELO check, and every signature's domain and result.
+            dmarc = self._attempt(
+                dmarc_check.METHOD, transaction, failed,
+                lambda: evaluator.evaluate_transaction(
+                    transaction, spf[0] if spf else None, dkim or ()),
+            )
+            if dmarc is not None:
+                metrics.DMARC_RESULTS.labels(
+                    dmarc.result.value, dmarc.requested_disposition.value).inc()
+        return InboundReport(iprev=iprev, spf=spf, dkim=dkim, arc=arc, dmarc=dmarc,
+                             client_ip=client_ip, failed=tuple(failed))
 
     @staticmethod
     def _attempt(
@@ -178,4 +228,8 @@ def build_inbound_checks(settings: Settings, resolver: Resolver) -> InboundCheck
         spf = spf_check.SpfCheck(
             resolver, check_helo=settings.spf.helo, receiver=settings.general.authserv_id
         )
-    return InboundChecks(spf=spf, iprev=settings.iprev.enabled)
+    dkim = dkim_check.DkimVerifier(resolver, settings.dkim.verify) if (
+        settings.dkim.verify.verify) else None
+    arc = arc_check.ArcVerifier(resolver) if settings.arc.verify else None
+    dmarc = dmarc_check.DmarcEvaluator(resolver, settings.dmarc) if settings.dmarc.enabled else None
+    return InboundChecks(spf=spf, iprev=settings.iprev.enabled, dkim=dkim, arc=arc, dmarc=dmarc)

@@ -14,8 +14,10 @@
 #   X-Spam-Flag: YES            the spam score reached the "spam" threshold
 #                               (the same header SpamAssassin and Rspamd write,
 #                               so existing scripts and Dovecot's spamtest read it);
-#   X-Mailward-Quarantine: yes  DMARC (or another check) asked for quarantine and
-#                               `[dmarc] quarantine = "header"` is configured.
+#   X-Mailward-Quarantine: yes (why)
+#                               DMARC (or another check) asked for quarantine and
+#                               `[dmarc] quarantine = "header"` is configured; the
+#                               comment after "yes" says which policy asked.
 # A sender who forges either header only moves its own message into the recipient's
 # Junk folder, so trusting them here gives a sender nothing.
 #
@@ -33,8 +35,9 @@ if header :is "X-Spam-Flag" "YES" {
     stop;
 }
 
-# Quarantined by policy (for example DMARC p=quarantine).
-if header :is "X-Mailward-Quarantine" "yes" {
+# Quarantined by policy (for example DMARC p=quarantine): "yes", maybe with a reason.
+if anyof (header :is "X-Mailward-Quarantine" "yes",
+          header :matches "X-Mailward-Quarantine" "yes *") {
     fileinto :create "Junk";
     stop;
 }

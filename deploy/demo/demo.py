@@ -44,7 +44,6 @@ mail         IN A   192.0.2.10
 _dmarc       IN TXT "v=DMARC1; p=reject; rua=mailto:dmarc@example.org"
 """,
     "2.0.192.in-addr.arpa": "10 IN PTR mail.example.org.\n",
-    "113.0.203.in-addr.arpa": "",
 }
 OTHER_CLIENT = "203.0.113.5"
 
@@ -55,8 +54,10 @@ class Sample:
 
     title: str
     explanation: str
-    client: str | None
+    client: str | None  # None: the demo's own host, 127.0.0.1 (a trusted network)
     headers: tuple[tuple[str, str], ...] = ()
+    author: str = "news@example.org"  # the From header
+    envelope_sender: str = ""  # MAIL FROM; "" means the author
 
 
 SAMPLES = (
@@ -64,14 +65,19 @@ SAMPLES = (
         "Plain inbound message",
         "example.org's own mail host (XCLIENT makes Postfix see 192.0.2.10). Mailward "
         "adds one Authentication-Results header under its authserv-id: reverse DNS "
-        "confirmed (iprev), SPF passes for the sender and the HELO name has no SPF.",
+        "confirmed (iprev), SPF passes for the sender (the HELO name has no SPF), so "
+        "DMARC passes through aligned SPF.",
         EXTERNAL_CLIENT,
     ),
     Sample(
-        "Sender not allowed by SPF",
-        "203.0.113.5 sends as news@example.org, but example.org's SPF lists only "
-        "192.0.2.0/24: spf=fail, and no reverse DNS: iprev=fail.",
+        "Forged From of a p=reject domain",
+        "203.0.113.5 sends From: ceo@example.org with an envelope sender of its own "
+        "(bounce@forger.example, which has no SPF record). Neither SPF nor DKIM "
+        "vouches for example.org, so DMARC fails, and example.org publishes p=reject: "
+        "Mailward rejects the message at the end of DATA and nothing is stored.",
         OTHER_CLIENT,
+        author="ceo@example.org",
+        envelope_sender="bounce@forger.example",
     ),
     Sample(
         "Forged Authentication-Results",
@@ -98,6 +104,7 @@ SAMPLES = (
         "Authentication-Results are kept.",
         None,
         (("Authentication-Results", f"{AUTHSERV_ID}; auth=pass smtp.auth=alice"),),
+        author="alice@example.net",
     ),
 )
 
@@ -153,10 +160,10 @@ def start() -> int:
 
 def show(stack: MailStack, sample: Sample, mailbox: str) -> None:
     subject = f"{sample.title} [{uuid.uuid4().hex[:8]}]"
-    sender = "alice@example.net" if sample.client is None else "news@example.org"
-    message = build_message(sender, mailbox, subject=subject, headers=list(sample.headers))
-    result = stack.send(sender, mailbox, message, xclient_addr=sample.client,
-                        helo="mail.example.org")
+    message = build_message(sample.author, mailbox, subject=subject,
+                            headers=list(sample.headers))
+    result = stack.send(sample.envelope_sender or sample.author, mailbox, message,
+                        xclient_addr=sample.client, helo="mail.example.org")
     print(section(sample.title))
     print(textwrap.fill(sample.explanation, width=78, initial_indent="  ",
                         subsequent_indent="  "))

@@ -16,6 +16,7 @@ from tests.harness.process import (
 )
 from tests.harness.redis import RedisInstance
 from tests.harness.services import (
+    CHECKS_OFF,
     MailwardServices,
     fake_service_command,
     mailward_command,
@@ -30,6 +31,7 @@ from tests.harness.smtp import (
 from tests.harness.stack import MailStack
 
 __all__ = [
+    "CHECKS_OFF",
     "AuthoritativeDns",
     "DovecotInstance",
     "HarnessError",

@@ -33,7 +33,8 @@ def test_demo_starts_shows_results_and_stops_cleanly():
         assert started.returncode == 0, started.stdout + started.stderr
         out = started.stdout
         assert "spf=pass smtp.mailfrom=news@example.org" in out
-        assert "spf=fail smtp.mailfrom=news@example.org" in out
+        assert "dmarc=pass header.from=example.org" in out
+        assert "SMTP: 550 5.7.1 Message rejected: it fails the DMARC policy of example.org" in out
         assert "Stored in: Junk" in out
         assert "relay.example.org; spf=pass" in out
         assert "mailward_milter_forged_authentication_results_removed_total 1.0" in out

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.harness import MailStack, build_message, send_with_swaks, toml
+from tests.harness import CHECKS_OFF, MailStack, build_message, send_with_swaks, toml
 from tests.harness.process import wait_until
 
 AUTHSERV_ID = "mx.example.net"
@@ -24,8 +24,6 @@ EXTERNAL_CLIENT = "192.0.2.10"
 
 # These tests are about the foundation: our header, forged-header removal, the service
 # lifecycle.  The authentication checks have their own tests, with their own zones.
-CHECKS_OFF = {"spf": {"enabled": False}, "iprev": {"enabled": False},
-              "policyd": {"spf": {"enabled": False}}}
 
 
 @pytest.fixture

@@ -33,9 +33,8 @@ from bench.milter_client import (
     encode_rcpt,
     parse_optneg,
 )
+from tests.harness import CHECKS_OFF
 from tests.harness.process import wait_until
-
-CHECKS_OFF = {"spf": {"enabled": False}, "iprev": {"enabled": False}}
 
 
 def read_until(sock: socket.socket, reader: ResponseReader, deadline: float) -> Response:

@@ -14,7 +14,6 @@ from mailward.config import GeneralSettings, Settings, SpfSettings
 from mailward.dns import DnsAnswer, InMemoryResolver
 from mailward.model import (
     Action,
-    AuthResult,
     Connection,
     Direction,
     Header,
@@ -169,14 +168,17 @@ def test_empty_auth_user_is_not_authenticated():
 # --------------------------------------------------------------------------- checks
 
 
-def test_inbound_checks_report_iprev_then_spf():
+def test_inbound_checks_report_in_the_conventional_order():
     verdict = checking_pipeline().evaluate(connection("198.51.100.7"), TRANSACTION)
-    assert [(r.method, r.result) for r in verdict.results] == [("iprev", "pass"), ("spf", "pass")]
+    assert [(r.method, r.result) for r in verdict.results] == [
+        ("iprev", "pass"), ("spf", "pass"), ("dkim", "none"), ("arc", "none"), ("dmarc", "none")]
     assert verdict.header_edits[:2] == (RemoveHeader(HEADER_NAME, 3), RemoveHeader(HEADER_NAME, 1))
     assert verdict.header_edits[2] == InsertHeader(
         HEADER_NAME,
         "mx.example.net;\n\tiprev=pass reason=mail.example.org policy.iprev=198.51.100.7;"
-        "\n\tspf=pass smtp.mailfrom=a@example.org",
+        "\n\tspf=pass smtp.mailfrom=a@example.org;\n\tdkim=none;"
+        "\n\tarc=none smtp.remote-ip=198.51.100.7;"
+        '\n\tdmarc=none reason="no DMARC record" header.from=example.org',
     )
     assert len(verdict.header_edits) == 3  # no Received-SPF unless asked for
 
@@ -196,10 +198,14 @@ def test_failing_check_becomes_temperror_and_others_still_run(caplog: pytest.Log
     with caplog.at_level(logging.ERROR, logger="mailward.pipeline"):
         verdict = checking_pipeline(explode=True).evaluate(connection("198.51.100.7"),
                                                            TRANSACTION)
-    assert verdict.results == (
-        AuthResult("iprev", "temperror", reason="internal error"),
-        AuthResult("spf", "temperror", reason="internal error"),
-    )
+    # Each failed check is temperror in its own place; the others still ran.
+    assert [(r.method, r.result, r.reason) for r in verdict.results] == [
+        ("iprev", "temperror", "internal error"),
+        ("spf", "temperror", "internal error"),
+        ("dkim", "none", None),
+        ("arc", "none", None),
+        ("dmarc", "temperror", "internal error"),
+    ]
     assert verdict.action is Action.ACCEPT
     assert (errors("check_iprev") - errors_before[0], errors("check_spf") - errors_before[1]) == (
         1, 1)

@@ -1,0 +1,731 @@
+"""ARC verification (RFC 8617 section 5.2): is the Authenticated Received Chain intact?
+
+An intermediary (a mailing list, a forwarder) that changes a message breaks its DKIM
+signatures; if it adds an ARC Set first (ARC-Authentication-Results with what it saw,
+an ARC-Message-Signature over the message, an ARC-Seal over the chain so far), a later
+receiver can verify the chain and, if it trusts the sealer, believe the results it
+recorded.  This module validates the chain and hands back everything a policy needs to
+decide that: per instance the sealer, its selector, its cv= and its
+ARC-Authentication-Results, raw and parsed.
+
+The validator follows RFC 8617 5.2 step by step:
+
+1. no ARC header fields: `none`; more than 50 sets (`MAX_INSTANCES`): `fail`;
+2. the newest ARC-Seal says `cv=fail`: `fail`;
+3. structure: exactly one AAR, AMS and AS per instance, instances 1..N without gaps,
+   `cv=none` at i=1 and `cv=pass` above; every tag list well formed;
+4. the newest ARC-Message-Signature must verify;
+5-6. `oldest_pass`: walking down from N-1, the oldest instance whose AMS still verifies;
+7. every ARC-Seal, newest first, must verify;
+8. otherwise `pass`.
+
+**What dkimpy does and what we do.**  dkimpy's `ARC.verify()` passes the ARC test suite,
+but its behaviour around it makes it unfit to call as a whole here, so this module does
+the chain logic itself and uses dkimpy for what it is good at (tag-list parsing and
+field validation, header canonicalization, key records, RSA verification, through the
+public `verify_sig` of a `dkim.ARC` object):
+
+* a DNS timeout is logged and turned into "signature invalid", so a broken resolver
+  would make a chain `fail`.  Here the key lookups go through `dkim_dnsfunc` (our
+  resolver) wrapped in a recorder, so a signature that could not be checked for a
+  temporary reason is told apart from one that does not verify;
+* it finds the raw ARC-Message-Signature by searching for the bytes `" i=N;"`, which
+  raises IndexError for a legitimately folded field (`...;\r\n\ti=1; ...`) or one
+  ending in `i=1` without a semicolon.  We pass the field we parsed;
+* it picks the header fields an ARC-Seal covers by their position in the message
+  (bottom-up per name), so a chain whose sets were reordered in transit fails (it
+  raises, in fact).  RFC 8617 5.1.1 defines the seal's input by instance number: we
+  hand dkimpy the ARC header fields of instances 1..i in instance order;
+* it canonicalizes every header of the message for every signature and hashes the body
+  again for every AMS, so a long chain over a large body costs seconds.  We give it only
+  the fields a signature covers, and check bh= ourselves with one canonicalized body per
+  algorithm (`mailward.checks.dkim.canonicalize_body`).
+
+**Temporary failures.**  RFC 8617 defines only `pass`, `fail` and `none`, and the IANA
+"Email Authentication Result Names" registry lists no other result for `arc`.  A key
+lookup that timed out (or a time budget that ran out, or a body we only hold a prefix
+of) proves nothing about the chain, so it must not become `fail`: the outcome is then
+`ArcResult.TEMPERROR` ("could not tell"), unless a definitive failure was found
+elsewhere in the chain, which wins.  `auth_result` writes TEMPERROR as `arc=none` with
+a reason starting with "temperror": `none` is the only registered result that claims
+nothing, and it also keeps an ARC sealer downstream of our A-R (which copies `arc=` into
+its `cv=`) from sealing the chain as `cv=fail` for good over a transient error.
+
+Bad input never raises: malformed, duplicated, missing or oversized ARC fields, and any
+number of them, end in `fail` with a reason.  An exception that escapes is a bug and is
+deliberately not caught, so the pipeline logs and counts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+import authres
+import dkim
+import dkim.util
+
+from mailward import message
+from mailward.checks.dkim import canonicalize_body
+from mailward.checks.dkim_dns import dkim_dnsfunc
+from mailward.dns import Resolver
+from mailward.model import (
+    AuthProperty,
+    AuthResult,
+    Connection,
+    Header,
+    IPAddress,
+    Transaction,
+)
+
+METHOD = "arc"
+
+# RFC 8617 5.2 step 1: "The maximum number of ARC Sets that can be attached to a message
+# is 50."  Fixed by the RFC, so not configurable.
+MAX_INSTANCES = 50
+
+AAR = "arc-authentication-results"
+AMS = "arc-message-signature"
+AS = "arc-seal"
+_KINDS = (AAR, AMS, AS)
+_DISPLAY = {AAR: "ARC-Authentication-Results", AMS: "ARC-Message-Signature", AS: "ARC-Seal"}
+
+class ArcResult(StrEnum):
+    """The chain validation status (RFC 8617 4.4), plus our "could not tell".
+
+    TEMPERROR is internal: the chain could not be validated for a reason that says
+    nothing about the sender (DNS timeout, time budget, truncated body).  In A-R it is
+    written as `arc=none` (see the module docstring).
+    """
+
+    PASS = "pass"
+    FAIL = "fail"
+    NONE = "none"
+    TEMPERROR = "temperror"
+
+
+@dataclass(frozen=True)
+class ArcLimits:
+    """Resource bounds for one verification.  Not configuration: defaults are sane.
+
+    `max_seconds` bounds the time spent on key lookups and signature checks (a chain of
+    50 sets can need 100 lookups); past it, unchecked signatures count as "could not
+    tell".  `max_field_bytes` rejects absurd ARC header fields before parsing them.
+    """
+
+    max_seconds: float = 15.0
+    max_field_bytes: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.max_seconds < 0 or self.max_field_bytes < 1:
+            raise ValueError("ARC limits must be positive")
+
+
+DEFAULT_LIMITS = ArcLimits()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ArcAuthResults:
+    """One ARC-Authentication-Results payload, parsed (RFC 8617 4.1.1 = RFC 8601 + i=).
+
+    `results` are the resinfos the sealer recorded, as our own `AuthResult` values with
+    method, result, ptype and property names lower-cased (they are case-insensitive)
+    and values as written.  A payload that does not parse leaves `results` empty and
+    says why in `error` (all or nothing: guessing at a broken header could invent a
+    "pass" that the sealer never wrote); the raw text is always on the `ArcInstance`.
+    Parsing is authres' (non-strict): properties of unknown ptypes are skipped.
+    """
+
+    authserv_id: str | None
+    results: tuple[AuthResult, ...] = ()
+    error: str = ""
+
+    def results_for(self, method: str) -> tuple[AuthResult, ...]:
+        wanted = method.lower()
+        return tuple(result for result in self.results if result.method == wanted)
+
+    def says(
+        self, method: str, result: str = "pass", properties: Mapping[str, str] | None = None
+    ) -> bool:
+        """Did the sealer record `method=result` with these `ptype.name` properties?
+
+        E.g. `says("dkim", "pass", {"header.d": "example.com"})` or
+        `says("spf", "pass", {"smtp.mailfrom": "user@example.com"})`.  Keys, methods
+        and results are compared case-insensitively, and so are values (they are
+        domains and addresses here; the policy that asks decides what to trust).
+        """
+        wanted = {key.lower(): value.lower() for key, value in (properties or {}).items()}
+        for candidate in self.results_for(method):
+            if candidate.result != result.lower():
+                continue
+            have = {
+                f"{prop.ptype}.{prop.name}": prop.value.lower() for prop in candidate.properties
+            }
+            if all(have.get(key) == value for key, value in wanted.items()):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class ArcInstance:
+    """One ARC Set, i.e. what one intermediary added.
+
+    `sealer` and `selector` come from the ARC-Seal (d=, s=), `ams_domain` and
+    `ams_selector` from the ARC-Message-Signature.  `aar` is the raw
+    ARC-Authentication-Results value as received (after the colon, folding kept),
+    `authentication_results` its parsed payload (parsed on first use: a policy usually
+    asks only about trusted sealers).  `ams_valid` / `seal_valid` are True
+    or False once checked, None when not checked or not decidable (a temporary DNS
+    failure); older AMSes are only checked on a passing chain, for `oldest_pass`.
+    """
+
+    instance: int
+    sealer: str
+    selector: str
+    cv: str
+    ams_domain: str
+    ams_selector: str
+    aar: str
+    ams_valid: bool | None = None
+    seal_valid: bool | None = None
+
+    @cached_property
+    def authentication_results(self) -> ArcAuthResults:
+        text = message.unfold(self.aar)
+        match = _AAR_INSTANCE.match(text)
+        return parse_aar_payload(text[match.end() :] if match else text)
+
+
+@dataclass(frozen=True)
+class ArcOutcome:
+    """The chain validation status and the chain it is about.
+
+    `instances` are ordered by i= (1 first) and present whenever the chain was
+    structurally sound (so also for a `fail` because a signature did not verify); a
+    structural failure leaves them empty.  `oldest_pass` is set for `pass` only: the
+    i= of the oldest instance from which every newer AMS still verifies (1: all of them;
+    RFC 8617 5.2 steps 5-6, written in A-R as `header.oldest-pass`, with 0 for "all").
+    """
+
+    result: ArcResult
+    reason: str = ""
+    instances: tuple[ArcInstance, ...] = ()
+    oldest_pass: int | None = None
+
+    @property
+    def sealers(self) -> tuple[str, ...]:
+        """The ARC-Seal d= of every instance, i=1 first."""
+        return tuple(instance.sealer for instance in self.instances)
+
+    @property
+    def latest(self) -> ArcInstance | None:
+        return self.instances[-1] if self.instances else None
+
+    def instance(self, number: int) -> ArcInstance | None:
+        for candidate in self.instances:
+            if candidate.instance == number:
+                return candidate
+        return None
+
+
+def auth_result(outcome: ArcOutcome, client_ip: IPAddress | None = None) -> AuthResult:
+    """The A-R result for an outcome (RFC 8617 section 6, IANA email-auth registry).
+
+    `arc=pass|fail|none` with, for pass, `header.oldest-pass` (registered: the oldest
+    validating AMS, 0 if all validate) and `arc.chain`, the sealer domains newest first
+    joined by ":" as OpenARC writes it (not a registered ptype: consumers that only
+    know the registry, authres among them, skip it; quoted when it has a ":", so it
+    never breaks their parse).  `smtp.remote-ip` (registered) comes last, when the
+    caller passes the client address.  TEMPERROR is written as `none` with a reason
+    that starts with "temperror" (no other result is registered for arc).
+    """
+    result = outcome.result
+    reason: str | None = None
+    written = result.value
+    if result is ArcResult.TEMPERROR:
+        written = ArcResult.NONE.value
+        reason = f"temperror: {outcome.reason}" if outcome.reason else "temperror"
+    elif result is ArcResult.FAIL:
+        reason = outcome.reason or None
+    properties: list[AuthProperty] = []
+    if result is ArcResult.PASS:
+        oldest = outcome.oldest_pass or 1
+        properties.append(AuthProperty("header", "oldest-pass", str(0 if oldest <= 1 else oldest)))
+        chain = ":".join(reversed(outcome.sealers))
+        if chain:
+            properties.append(AuthProperty("arc", "chain", _header_text(chain)))
+    if client_ip is not None:
+        # Last: authres only accepts a quoted value (an IPv6 address) at the end of a
+        # resinfo, and drops one that is followed by more properties.
+        properties.append(AuthProperty("smtp", "remote-ip", str(client_ip)))
+    return AuthResult(
+        METHOD, written, _header_text(reason) if reason else None, tuple(properties)
+    )
+
+
+def _header_text(text: str) -> str:
+    """Text that came from the message, fit for our header: printable ASCII, bounded."""
+    cleaned = _printable(text).encode("ascii", "backslashreplace").decode("ascii")
+    return cleaned if len(cleaned) <= 300 else cleaned[:297] + "..."
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _Structure(Exception):
+    """The chain is structurally invalid (RFC 8617 5.2 steps 1-3): the result is fail."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: str  # AAR, AMS or AS
+    instance: int
+    header: Header
+    tags: Mapping[bytes, bytes] = field(default_factory=dict)  # AMS and AS only
+
+
+_WSP = re.compile(r"[ \t\r\n]+")
+_AAR_INSTANCE = re.compile(r"\s*i\s*=\s*([0-9]+)\s*;")
+_INSTANCE = re.compile(r"[0-9]{1,2}")
+
+
+def _unfold(value: str) -> str:
+    """The value as relaxed canonicalization sees it: unfolded, WSP runs as one space."""
+    return _WSP.sub(" ", message.unfold(value)).strip()
+
+
+def _arc_fields(headers: Iterable[Header]) -> list[Header]:
+    return [header for header in headers if header.name.lower() in _KINDS]
+
+
+def _parse_field(header: Header, limits: ArcLimits) -> _Field:
+    kind = header.name.lower()
+    name = _DISPLAY[kind]
+    if len(header.value) > limits.max_field_bytes:
+        raise _Structure(f"{name} field longer than {limits.max_field_bytes} bytes")
+    if kind == AAR:
+        text = message.unfold(header.value)
+        match = _AAR_INSTANCE.match(text)
+        if match is None:
+            raise _Structure(f"{name} does not start with i=<instance>;")
+        instance = _instance_value(match.group(1), name)
+        return _Field(kind, instance, header)
+    try:
+        tags = dkim.util.parse_tag_value(_unfold(header.value).encode("utf-8", "surrogateescape"))
+    except dkim.util.InvalidTagValueList as exc:
+        raise _Structure(f"{name} has a malformed tag list: {_short(exc)}") from None
+    if b"i" not in tags:
+        raise _Structure(f"{name} has no i= tag")
+    instance = _instance_value(tags[b"i"].decode("ascii", "replace"), name)
+    return _Field(kind, instance, header, tags=tags)
+
+
+def _instance_value(text: str, name: str) -> int:
+    """RFC 8617 4.2.1: instance-val = 1*2DIGIT, 1..50."""
+    if not _INSTANCE.fullmatch(text) or int(text) < 1:
+        raise _Structure(f"{name} has an invalid instance i={_printable(text)[:20]}")
+    value = int(text)
+    if value > MAX_INSTANCES:
+        raise _Structure(f"more than {MAX_INSTANCES} ARC sets (i={value})")
+    return value
+
+
+def _group(fields: Sequence[_Field]) -> dict[int, dict[str, _Field]]:
+    """Fields by instance and kind; duplicates, gaps and missing fields are failures."""
+    sets: dict[int, dict[str, _Field]] = {}
+    for item in fields:
+        kinds = sets.setdefault(item.instance, {})
+        if item.kind in kinds:
+            raise _Structure(f"duplicate {_DISPLAY[item.kind]} for i={item.instance}")
+        kinds[item.kind] = item
+    return sets
+
+
+def _check_structure(sets: Mapping[int, Mapping[str, _Field]]) -> int:
+    """RFC 8617 5.2 steps 2 and 3; returns N, the newest instance."""
+    newest = max(sets)
+    seal = sets[newest].get(AS)
+    if seal is not None and seal.tags.get(b"cv") == b"fail":
+        raise _Structure(f"ARC-Seal i={newest} reports cv=fail: the chain was already broken")
+    for number in range(1, newest + 1):
+        kinds = sets.get(number)
+        if kinds is None:
+            raise _Structure(f"ARC set i={number} is missing (instances must be 1..{newest})")
+        for kind in _KINDS:
+            if kind not in kinds:
+                raise _Structure(f"missing {_DISPLAY[kind]} for i={number}")
+        cv = kinds[AS].tags.get(b"cv")
+        expected = b"none" if number == 1 else b"pass"
+        if cv != expected:
+            shown = "no cv=" if cv is None else f"cv={_printable(cv.decode('ascii', 'replace'))}"
+            wanted = expected.decode()
+            raise _Structure(f"ARC-Seal i={number} has {shown[:40]}, expected cv={wanted}")
+    for number in range(1, newest + 1):
+        _validate_signature_tags(sets[number][AMS], number)
+        _validate_signature_tags(sets[number][AS], number)
+    return newest
+
+
+_CANONS = (b"simple", b"relaxed")
+_AMS_REQUIRED = [b"i", b"a", b"b", b"bh", b"d", b"h", b"s"]
+_AS_REQUIRED = [b"i", b"a", b"b", b"cv", b"d", b"s"]
+
+
+def _validate_signature_tags(item: _Field, number: int) -> None:
+    """Tag checks dkimpy makes before verifying (RFC 8617 4.1.2, 4.1.3)."""
+    name = f"{_DISPLAY[item.kind]} i={number}"
+    required = _AMS_REQUIRED if item.kind == AMS else _AS_REQUIRED
+    try:
+        dkim.validate_signature_fields(dict(item.tags), list(required), True)
+    except (dkim.DKIMException, ValueError) as exc:
+        # ValueError: a t= or x= of more digits than int() accepts.
+        raise _Structure(f"{name}: {_short(exc)}") from None
+    if item.kind == AMS:
+        signed = [part.strip().lower() for part in item.tags[b"h"].split(b":")]
+        if AS.encode() in signed:
+            raise _Structure(f"{name} signs ARC-Seal, which RFC 8617 4.1.2 forbids")
+    elif b"h" in item.tags:
+        raise _Structure(f"{name} has an h= tag, which RFC 8617 4.1.3 forbids")
+
+
+def parse_aar_payload(payload: str) -> ArcAuthResults:
+    """An AAR payload (the A-R value after `i=N;`) as typed results; never raises."""
+    try:
+        header = authres.AuthenticationResultsHeader.parse_value(payload)
+    except authres.AuthResError as exc:
+        return ArcAuthResults(_authserv_id_guess(payload), (), _short(exc))
+    results = []
+    for item in header.results:
+        method = getattr(item, "method", None)
+        if not method:
+            continue  # "none": the sealer had no results to record
+        properties = tuple(
+            AuthProperty(str(prop.type).lower(), str(prop.name).lower(), str(prop.value or ""))
+            for prop in item.properties
+        )
+        reason = str(item.reason) if item.reason else None
+        results.append(
+            AuthResult(str(method).lower(), str(item.result or "").lower(), reason, properties)
+        )
+    authserv_id = str(header.authserv_id) if header.authserv_id else None
+    return ArcAuthResults(authserv_id, tuple(results))
+
+
+def _authserv_id_guess(payload: str) -> str | None:
+    first = payload.split(";", 1)[0].strip()
+    return first or None
+
+
+# --------------------------------------------------------------------------- crypto
+
+
+class _Sig(StrEnum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNKNOWN = "unknown"  # not decidable now: temporary DNS failure, time budget, body
+
+
+class _DebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """dkimpy logs every bad signature at ERROR; for us that is hostile input, not an
+    error of ours.  Everything it says goes to our logger at DEBUG."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+_DKIMPY_LOG = _DebugLogger(logging.getLogger(f"{__name__}.dkimpy"), {})
+
+
+class _KeyLookups:
+    """dkimpy's dnsfunc over our resolver, remembering whether a lookup failed
+    temporarily (dkimpy itself turns that into "invalid signature")."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._lookup = dkim_dnsfunc(resolver)
+        self.temporary = False
+        self.error = ""
+
+    def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
+        try:
+            return self._lookup(name, timeout=timeout)
+        except dkim.DnsTimeoutError as exc:
+            self.temporary = True
+            self.error = _short(exc)
+            raise
+
+
+class _Checker:
+    """Signature checks for one message, with one time budget."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        sets: Mapping[int, Mapping[str, _Field]],
+        newest: int,
+        transaction: Transaction,
+        limits: ArcLimits,
+        clock: Callable[[], float],
+    ) -> None:
+        self._sets = sets
+        self._lookups = _KeyLookups(resolver)
+        self._limits = limits
+        self._clock = clock
+        self._started = clock()
+        self._body_complete = not transaction.body_truncated
+        self._headers = transaction.headers
+        self._body = message.to_crlf(transaction.body)
+        self._canonical_bodies: dict[str, bytes] = {}
+        self.notes: dict[tuple[str, int], str] = {}
+
+    def ams(self, number: int) -> _Sig:
+        item = self._sets[number][AMS]
+        if not self._body_complete:
+            self.notes[(AMS, number)] = "message body was truncated, cannot check it"
+            return _Sig.UNKNOWN
+        if self._out_of_time(AMS, number):
+            return _Sig.UNKNOWN
+        sig = dict(item.tags)
+        sig.setdefault(b"c", b"relaxed/relaxed")
+        problem = self._body_problem(sig)
+        if problem:
+            self.notes[(AMS, number)] = problem
+            return _Sig.INVALID
+        # Checked: dkimpy must not hash the body again (it only does when bh= is given).
+        sig.pop(b"bh", None)
+        sig.pop(b"l", None)
+        include = [part.strip().lower() for part in sig[b"h"].split(b":")]
+        include = [name for name in include if name]
+        # dkimpy canonicalizes every header it is given, for every signature: give it
+        # only the fields h= names (their order kept, so its bottom-up pick is the same).
+        wanted = {name.decode("ascii", "replace") for name in include}
+        signed = [header for header in self._headers if header.name.lower() in wanted]
+        return self._verify(signed, AMS, number, sig, include, item.header)
+
+    def _body_problem(self, sig: Mapping[bytes, bytes]) -> str:
+        """Why the AMS body hash (bh=, over l= bytes if given) does not match, or ""."""
+        _, slash, body_canon = sig[b"c"].partition(b"/")
+        canon = body_canon if slash else b"simple"
+        if sig[b"c"].partition(b"/")[0] not in _CANONS or canon not in _CANONS:
+            return f"invalid c= value: {_printable(sig[b'c'].decode('ascii', 'replace'))[:40]}"
+        body = self._canonical_body(canon.decode())
+        if b"l" in sig:
+            if not sig[b"l"].isdigit():
+                return "l= value is not a decimal integer"
+            body = body[: int(sig[b"l"])]
+        try:
+            expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]), validate=True)
+        except binascii.Error:
+            return "bh= value is not valid base64"
+        if hashlib.sha256(body).digest() != expected:  # a=rsa-sha256 is ARC's only algorithm
+            return "body hash did not verify"
+        return ""
+
+    def _canonical_body(self, canon: str) -> bytes:
+        if canon not in self._canonical_bodies:
+            self._canonical_bodies[canon] = canonicalize_body(self._body, canon)
+        return self._canonical_bodies[canon]
+
+    def seal(self, number: int) -> _Sig:
+        item = self._sets[number][AS]
+        sig = dict(item.tags)
+        # RFC 8617 4.1.3: the seal covers no body and uses relaxed canonicalization only.
+        for tag in (b"bh", b"l"):
+            sig.pop(tag, None)
+        sig[b"c"] = b"relaxed/relaxed"
+        include = [kind.encode() for _ in range(number) for kind in _KINDS][:-1]
+        # Only the ARC fields of sets 1..i, newest on top, so that dkimpy's bottom-up
+        # pick of same-named fields yields instances 1, 2, ... in order (RFC 8617 5.1.1):
+        # the seal's input is defined by instance numbers, not by field positions.
+        sealed = [self._sets[n][kind].header for n in range(number, 0, -1) for kind in _KINDS]
+        return self._verify(sealed, AS, number, sig, include, item.header)
+
+    def _verify(
+        self,
+        headers: Sequence[Header],
+        kind: str,
+        number: int,
+        sig: dict[bytes, bytes],
+        include: list[bytes],
+        header: Header,
+    ) -> _Sig:
+        if self._out_of_time(kind, number):
+            return _Sig.UNKNOWN
+        self._lookups.temporary = False
+        sig_header = (
+            message.header_name_bytes(header), message.header_value_bytes(header) + message.CRLF
+        )
+        try:
+            signer = dkim.ARC(message.header_block(headers) + message.CRLF, logger=_DKIMPY_LOG)
+            valid = signer.verify_sig(sig, include, sig_header, self._lookups)
+        except (dkim.DKIMException, ValueError) as exc:
+            # DKIMException: key or format problem (or a header dkimpy cannot parse);
+            # ValueError: undecodable base64, or a signature checked with an Ed25519
+            # key of the wrong size (PyNaCl's ValueError).
+            self.notes[(kind, number)] = _short(exc)
+            return _Sig.INVALID
+        if valid:
+            return _Sig.VALID
+        if self._lookups.temporary:
+            self.notes[(kind, number)] = f"key lookup failed temporarily: {self._lookups.error}"
+            return _Sig.UNKNOWN
+        self.notes.setdefault((kind, number), "signature did not verify")
+        return _Sig.INVALID
+
+    def _out_of_time(self, kind: str, number: int) -> bool:
+        if self._clock() - self._started <= self._limits.max_seconds:
+            return False
+        self.notes[(kind, number)] = f"time budget of {self._limits.max_seconds:g}s spent"
+        return True
+
+    def note(self, kind: str, number: int) -> str:
+        return self.notes.get((kind, number), "")
+
+
+# --------------------------------------------------------------------------- verifier
+
+
+class ArcVerifier:
+    """ARC chain validation against our resolver.  Stateless between messages."""
+
+    method = METHOD
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        limits: ArcLimits = DEFAULT_LIMITS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolver = resolver
+        self._limits = limits
+        self._clock = clock
+
+    def verify(self, transaction: Transaction) -> ArcOutcome:
+        """Validate the message's chain (RFC 8617 5.2).  Never raises for bad input."""
+        raw_fields = _arc_fields(transaction.headers)
+        if not raw_fields:
+            return ArcOutcome(ArcResult.NONE, "no ARC sets")
+        try:
+            if len(raw_fields) > 3 * MAX_INSTANCES:
+                raise _Structure(
+                    f"more than {MAX_INSTANCES} ARC sets ({len(raw_fields)} ARC header fields)"
+                )
+            sets = _group([_parse_field(header, self._limits) for header in raw_fields])
+            newest = _check_structure(sets)
+        except _Structure as exc:
+            return ArcOutcome(ArcResult.FAIL, str(exc))
+        checker = _Checker(self._resolver, sets, newest, transaction, self._limits, self._clock)
+        return _validate(checker, sets, newest)
+
+    def check(
+        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
+    ) -> Sequence[AuthResult]:
+        """The A-R result for one message (the pipeline's InboundCheck shape)."""
+        return (auth_result(self.verify(transaction), connection.client_ip),)
+
+
+def _validate(
+    checker: _Checker, sets: Mapping[int, Mapping[str, _Field]], newest: int
+) -> ArcOutcome:
+    """RFC 8617 5.2 steps 4-8, keeping "could not tell" apart from "does not verify"."""
+    ams: dict[int, _Sig] = {newest: checker.ams(newest)}
+    seals: dict[int, _Sig] = {}
+    if ams[newest] is _Sig.INVALID:
+        reason = f"ARC-Message-Signature i={newest} did not verify"
+        return _finish(checker, sets, newest, ams, seals, ArcResult.FAIL, reason, AMS, newest)
+    for number in range(newest, 0, -1):
+        seals[number] = checker.seal(number)
+        if seals[number] is _Sig.INVALID:
+            reason = f"ARC-Seal i={number} did not verify"
+            return _finish(checker, sets, newest, ams, seals, ArcResult.FAIL, reason, AS, number)
+    if ams[newest] is _Sig.UNKNOWN:
+        reason = f"ARC-Message-Signature i={newest} could not be checked"
+        return _finish(checker, sets, newest, ams, seals, ArcResult.TEMPERROR, reason, AMS, newest)
+    for number in range(newest, 0, -1):
+        if seals[number] is _Sig.UNKNOWN:
+            reason = f"ARC-Seal i={number} could not be checked"
+            return _finish(
+                checker, sets, newest, ams, seals, ArcResult.TEMPERROR, reason, AS, number
+            )
+    # Steps 5-6, only worth the lookups on a passing chain.
+    oldest = newest
+    for number in range(newest - 1, 0, -1):
+        ams[number] = checker.ams(number)
+        if ams[number] is not _Sig.VALID:
+            break
+        oldest = number
+    instances = _instances(sets, newest, ams, seals)
+    return ArcOutcome(ArcResult.PASS, "", instances, oldest)
+
+
+def _finish(
+    checker: _Checker,
+    sets: Mapping[int, Mapping[str, _Field]],
+    newest: int,
+    ams: Mapping[int, _Sig],
+    seals: Mapping[int, _Sig],
+    result: ArcResult,
+    reason: str,
+    kind: str,
+    number: int,
+) -> ArcOutcome:
+    note = checker.note(kind, number)
+    if note:
+        reason = f"{reason}: {note}"
+    return ArcOutcome(result, reason, _instances(sets, newest, ams, seals))
+
+
+def _instances(
+    sets: Mapping[int, Mapping[str, _Field]],
+    newest: int,
+    ams: Mapping[int, _Sig],
+    seals: Mapping[int, _Sig],
+) -> tuple[ArcInstance, ...]:
+    def known(state: _Sig | None) -> bool | None:
+        if state is None or state is _Sig.UNKNOWN:
+            return None
+        return state is _Sig.VALID
+
+    instances = []
+    for number in range(1, newest + 1):
+        kinds = sets[number]
+        seal, signature, aar = kinds[AS], kinds[AMS], kinds[AAR]
+        instances.append(
+            ArcInstance(
+                instance=number,
+                sealer=_tag(seal, b"d").lower(),
+                selector=_tag(seal, b"s"),
+                cv=_tag(seal, b"cv"),
+                ams_domain=_tag(signature, b"d").lower(),
+                ams_selector=_tag(signature, b"s"),
+                aar=aar.header.value,
+                ams_valid=known(ams.get(number)),
+                seal_valid=known(seals.get(number)),
+            )
+        )
+    return tuple(instances)
+
+
+def _tag(item: _Field, name: bytes) -> str:
+    return _printable(item.tags.get(name, b"").decode("utf-8", "replace"))
+
+
+def _printable(text: str) -> str:
+    return "".join(" " if ord(char) < 32 or ord(char) == 127 else char for char in text)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = _printable(str(exc) or type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
