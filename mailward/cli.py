@@ -30,12 +30,18 @@ if TYPE_CHECKING:
 def build_pipeline(settings: Settings) -> Pipeline:
     from mailward.dns import DnsResolver
     from mailward.pipeline import Pipeline, build_inbound_checks
+    from mailward.signing.arc import build_sealer
+    from mailward.signing.dkim import build_signer
 
     resolver = DnsResolver(settings.dns)
     return Pipeline(
         settings=settings,
         resolver=resolver,
         inbound=build_inbound_checks(settings, resolver),
+        # Keys are read here: a reload re-reads them, and a broken key file fails the
+        # reload (KeyLoadError is a ConfigError) instead of signing with nothing.
+        signer=build_signer(settings),
+        sealer=build_sealer(settings),
     )
 
 
@@ -56,6 +62,13 @@ def _load_or_report(path: Path) -> Settings | None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load_or_report(args.config)
     if settings is None:
+        return 1
+    # The files the configuration names must load too: a key that the milter would
+    # refuse at start (or on reload) is a configuration error.
+    try:
+        build_pipeline(settings)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
         return 1
     print(f"{args.config}: OK")
     return 0
@@ -95,6 +108,12 @@ def cmd_policyd(args: argparse.Namespace) -> int:
     return asyncio.run(serve_forever(server))
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from mailward import keys
+
+    return keys.run(args, DEFAULT_CONFIG_PATH)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailward",
@@ -120,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("check-config", "validate a configuration file and list every error").set_defaults(
         handler=cmd_check_config
     )
+    from mailward.keys import add_subcommands
+
+    keys_help = "DKIM key lifecycle: generate a key, show its DNS record, check what is published"
+    keys_parser = commands.add_parser("keys", help=keys_help, description=keys_help)
+    add_subcommands(keys_parser, DEFAULT_CONFIG_PATH)
+    keys_parser.set_defaults(handler=cmd_keys)
     return parser
 
 

@@ -37,11 +37,15 @@ from mailward.model import (
     HeaderEdit,
     InsertHeader,
     IPAddress,
+    SmtpReply,
     Transaction,
     Verdict,
 )
+from mailward.signing.dkim import SigningError
 
 log = logging.getLogger(__name__)
+
+SIGNING_DEFERRED = SmtpReply("451", "4.7.0", "Message could not be signed, try again later")
 
 T = TypeVar("T")
 
@@ -65,6 +69,16 @@ class InboundChecks:
     dkim: dkim_check.DkimVerifier | None = None
     arc: arc_check.ArcVerifier | None = None
     dmarc: dmarc_check.DmarcEvaluator | None = None
+
+
+class ArcSealer(Protocol):
+    """Adds our ARC Set to inbound mail we pass on as an intermediary (RFC 8617)."""
+
+    def applies(self, connection: Connection, transaction: Transaction) -> bool: ...
+
+    def seal(
+        self, transaction: Transaction, aar_results: Sequence[AuthResult], chain_status: str
+    ) -> Sequence[HeaderEdit]: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,7 @@ class Pipeline:
     resolver: Resolver
     inbound: InboundChecks = field(default_factory=InboundChecks)
     signer: OutboundSigner | None = None
+    sealer: ArcSealer | None = None
 
     def direction(self, connection: Connection) -> Direction:
         """Outbound: authenticated, local (sendmail command) or from a trusted network."""
@@ -148,6 +163,12 @@ class Pipeline:
             value = spf_check.received_spf(report.spf[0], authserv_id)
             edits.append(InsertHeader(spf_check.RECEIVED_SPF, value))
         edits.extend(decision.header_edits)
+        if (self.sealer is not None and decision.action in (Action.ACCEPT, Action.QUARANTINE)
+                and self.sealer.applies(connection, transaction)):
+            # Our ARC Set records our own results, and the chain's status as we found it
+            # (a failed chain is sealed cv=fail, never extended as if valid).
+            status = report.arc.result.value if report.arc is not None else "none"
+            edits.extend(self.sealer.seal(transaction, results, status))
         return Verdict(decision.action, reply=decision.reply, header_edits=tuple(edits),
                        results=results, direction=Direction.INBOUND, reason=decision.reason)
 
@@ -217,7 +238,14 @@ class Pipeline:
             InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, ()))
         ]
         if self.signer is not None:
-            edits.extend(self.signer.sign(connection, transaction))
+            try:
+                edits.extend(self.signer.sign(connection, transaction))
+            except SigningError as exc:
+                # [dkim.sign] on_error / on_oversized = "tempfail": the message must not
+                # leave unsigned, whatever general.on_internal_error says.
+                log.warning("%s: not signed, deferred: %s", transaction.log_id, exc)
+                return Verdict(Action.TEMPFAIL, reply=SIGNING_DEFERRED,
+                               direction=Direction.OUTBOUND, reason=f"signing failed: {exc}")
         return Verdict(Action.ACCEPT, header_edits=tuple(edits), direction=Direction.OUTBOUND)
 
 

@@ -199,9 +199,13 @@ class MilterService:
 
     def run(self) -> int:
         address = self.settings.milter.socket
-        # Build the engine once here, so a broken configuration fails loudly at start
-        # instead of in a crash-looping worker.
-        self.factory(self.settings)
+        # Build the engine once here, so a broken configuration (a key file, say) fails
+        # loudly at start instead of in a crash-looping worker.
+        try:
+            self.factory(self.settings)
+        except ConfigError as exc:
+            log.error("not starting: %s", exc)
+            return 1
         runtime.ensure_socket_directory(address)
         if runtime.socket_in_use(address):
             log.error("another process already listens on %s", address)

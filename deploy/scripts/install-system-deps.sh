@@ -17,7 +17,7 @@ core_packages=(
   opendkim opendkim-tools
 )
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
-bench_packages=(rspamd postfix-policyd-spf-python)
+bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
 
 case "$profile" in
   core) wanted=("${core_packages[@]}") ;;

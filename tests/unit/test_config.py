@@ -509,3 +509,14 @@ def test_example_configuration_passes_check_config(capsys: pytest.CaptureFixture
     out, err = capsys.readouterr()
     assert status == 0, err
     assert out == f"{example}: OK\n"
+
+
+def test_check_config_also_loads_the_key_files_it_names(tmp_path, capsys):
+    config = tmp_path / "mailward.toml"
+    missing = tmp_path / "keys" / "example.com.s1.key"
+    config.write_text(
+        f'[[dkim.sign.keys]]\ndomain = "example.com"\nselector = "s1"\nkey = "{missing}"\n'
+    )
+    assert cli.main(["check-config", "-c", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"dkim.sign.keys[0].key: {missing}: no such file" in err

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from mailward.authres import HEADER_NAME
-from mailward.config import GeneralSettings, Settings, SpfSettings
+from mailward.config import GeneralSettings, InternalErrorAction, Settings, SpfSettings
 from mailward.dns import DnsAnswer, InMemoryResolver
 from mailward.model import (
     Action,
@@ -24,6 +24,7 @@ from mailward.model import (
     Verdict,
 )
 from mailward.pipeline import Pipeline, build_inbound_checks
+from mailward.signing.dkim import SigningError
 
 OURS = "mx.example.net"
 SETTINGS = Settings(
@@ -265,3 +266,40 @@ def test_connection_label_and_headers_named():
         (3, "(x) MX.example.net;\r\n\tdkim=pass"),
     ]
     assert TRANSACTION.log_id == "4ABC"
+
+
+# --------------------------------------------------------------------------- signing
+
+
+class RefusingSigner:
+    def sign(self, connection: Connection, transaction: Transaction) -> tuple[InsertHeader, ...]:
+        raise SigningError("key unreadable")
+
+
+class Signer:
+    def sign(self, connection: Connection, transaction: Transaction) -> tuple[InsertHeader, ...]:
+        return (InsertHeader("DKIM-Signature", "v=1; a=rsa-sha256; d=example.org"),)
+
+
+def test_outbound_mail_gets_the_signers_headers_after_ours():
+    p = Pipeline(settings=SETTINGS, resolver=InMemoryResolver(), signer=Signer())
+    verdict = p.evaluate(connection("127.0.0.1"), TRANSACTION)
+    assert verdict.header_edits == (
+        InsertHeader(HEADER_NAME, "mx.example.net; none"),
+        InsertHeader("DKIM-Signature", "v=1; a=rsa-sha256; d=example.org"),
+    )
+    # Inbound mail is never signed.
+    inbound = p.evaluate(connection("198.51.100.7"), TRANSACTION)
+    assert not [e for e in inbound.header_edits
+                if isinstance(e, InsertHeader) and e.name == "DKIM-Signature"]
+
+
+def test_a_refused_signature_defers_even_when_internal_errors_accept():
+    settings = replace(SETTINGS, general=replace(SETTINGS.general,
+                                                 on_internal_error=InternalErrorAction.ACCEPT))
+    p = Pipeline(settings=settings, resolver=InMemoryResolver(), signer=RefusingSigner())
+    verdict = p.evaluate(connection("127.0.0.1", "alice"), TRANSACTION)
+    assert verdict.action is Action.TEMPFAIL
+    assert verdict.reply == SmtpReply("451", "4.7.0",
+                                      "Message could not be signed, try again later")
+    assert verdict.header_edits == ()
