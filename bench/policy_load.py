@@ -243,15 +243,26 @@ def request_pool(opts: PolicyLoadOptions, seed: int) -> list[bytes]:
 WANT_ANSWER = 1
 
 
+def fresh_instance(request: bytes, session: int, number: int) -> bytes:
+    """`request` with its own `instance`: Postfix never repeats one for another
+    transaction, and policy servers (policyd-spf, Mailward) remember results per
+    instance, so a cycled pool (or the next run's) must not hand them the same twice."""
+    return request.replace(b"\ninstance=", b"\ninstance=%x.%x." % (session, number), 1)
+
+
 def session_script(requests: Sequence[bytes], rec: Recorder, ctl: Controls) -> Script:
     """A persistent policy connection: requests back to back until told to stop."""
     t0 = clock()
     rec.connected(t0)  # nothing to negotiate: the connection is ready once it exists
     turn = itertools.cycle(requests)
+    session, sent = random.getrandbits(48), 0
     while ctl.more():
         ctl.next_seq()
+        sent += 1
         start = clock()
-        response: PolicyResponse = yield (next(turn), WANT_ANSWER)
+        response: PolicyResponse = yield (
+            fresh_instance(next(turn), session, sent), WANT_ANSWER
+        )
         rec.request(start, response.label)
     return b""
 

@@ -17,12 +17,18 @@ rounds plus the median of the pair ratios against the reference (DESIGN.md,
 "Performance": the machines drift 10-20% between runs, pairs cancel that).  A target
 whose software is missing is skipped with the reason, not failed.
 
-Targets: empty-pymilter (reference), mailward-milter, dunno-stub (reference),
-mailward-policyd; optional, only with --only: mailward-milter-out (the milter load as
-authenticated submissions, i.e. the outbound path).
+Targets: empty-pymilter (reference), mailward-milter, policyd-spf (reference: Debian's
+postfix-policyd-spf-python, spawned per connection as Postfix's spawn(8) does), dunno-stub
+(the reference when policyd-spf is not installed), mailward-policyd; optional, only
+with --only: mailward-milter-out (the milter load as authenticated submissions, i.e. the
+outbound path), and the signing comparison
+opendkim-sign (reference), mailward-sign, dkimpy-milter-sign (same RSA-2048 key, same
+message, relaxed/relaxed):
+
+    python -m bench.run --only opendkim-sign,mailward-sign,dkimpy-milter-sign
 
 Environment overrides (flags win): BENCH_DURATION, BENCH_POLICY_DURATION, BENCH_WARMUP,
-BENCH_ROUNDS, BENCH_SOCKETS, BENCH_ONLY, BENCH_CONCURRENCY.
+BENCH_ROUNDS, BENCH_SOCKETS, BENCH_ONLY, BENCH_CONCURRENCY, BENCH_POLICYD_WORKERS.
 
 Adding a peer (OpenDKIM, Rspamd, policyd-spf, ...): subclass `Target`, implement
 `unavailable()` and `launch()`, and append it to `all_targets()`.  The runner, table,
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shutil
 import statistics
 import subprocess
@@ -81,6 +88,7 @@ class Settings:
     messages_per_connection: int
     client_processes: int
     mailward_workers: int
+    policyd_workers: int
     json_path: Path | None
     keep: bool
 
@@ -126,7 +134,8 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         "--only",
         default=_env("BENCH_ONLY", ""),
         help="comma-separated target names (default: every non-optional one; optional: "
-        "mailward-milter-out, the authenticated/outbound path)",
+        "mailward-milter-out, the authenticated/outbound path; opendkim-sign, "
+        "mailward-sign, dkimpy-milter-sign, the signing comparison)",
     )
     parser.add_argument(
         "--messages-per-connection",
@@ -142,6 +151,13 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         type=int,
         default=1,
         help="[milter] workers for the Mailward milter (default 1)",
+    )
+    parser.add_argument(
+        "--policyd-workers",
+        type=int,
+        default=int(_env("BENCH_POLICYD_WORKERS", str(os.cpu_count() or 1))),
+        help="[policyd] workers for the Mailward policy service (default: one per core, "
+        "as policyd-spf under spawn(8) uses every core too)",
     )
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     parser.add_argument(
@@ -163,6 +179,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         messages_per_connection=args.messages_per_connection,
         client_processes=args.client_processes,
         mailward_workers=args.mailward_workers,
+        policyd_workers=max(1, args.policyd_workers),
         json_path=args.json,
         keep=args.keep,
     )
@@ -301,8 +318,11 @@ def mailward_unavailable(ctx: Context) -> str | None:
     return _MAILWARD_CHECK["result"]
 
 
-def mailward_config(ctx: Context, name: str, milter: SocketSpec, policyd: SocketSpec) -> Path:
-    """A configuration using only the keys DESIGN.md fixes (unknown keys are errors)."""
+def mailward_config(
+    ctx: Context, name: str, milter: SocketSpec, policyd: SocketSpec, extra: str = ""
+) -> Path:
+    """A configuration using only the keys DESIGN.md fixes (unknown keys are errors),
+    plus `extra` TOML (e.g. [dkim.sign] for the signing targets)."""
     state = ctx.workdir / "state" / name
     state.mkdir(parents=True, exist_ok=True)
     dns = (
@@ -324,6 +344,7 @@ workers = {ctx.settings.mailward_workers}
 
 [policyd]
 socket = "{policyd}"
+workers = {ctx.settings.policyd_workers}
 
 [metrics]
 listen = ""
@@ -331,7 +352,7 @@ policyd_listen = ""
 
 [state]
 path = "{state / "state.db"}"
-"""
+{extra}"""
     path = ctx.workdir / "config" / f"{name}.toml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -360,6 +381,110 @@ class MailwardMilterOutbound(MailwardMilter):
     description = "the Mailward milter with {auth_authen} set: the outbound (signing) path"
 
 
+# ----------------------------------------------------------------- signing (outbound)
+
+SIGN_DOMAIN = "example.org"  # the From domain of the bench message
+SIGN_SELECTOR = "bench"
+
+
+def signing_key(ctx: Context) -> Path:
+    """One RSA-2048 key shared by every signing target: same key size, same work."""
+    path = ctx.workdir / "sign" / "example.org.bench.key"
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        generate_rsa_key(path, 2048)
+    return path
+
+
+def libmilter_socket(spec: SocketSpec) -> str:
+    """The socket as OpenDKIM and dkimpy-milter write it (local:PATH, inet:PORT@HOST)."""
+    if spec.kind == "unix":
+        return f"local:{spec.path}"
+    return f"inet:{spec.port}@{spec.host}"
+
+
+class OpenDkimSign(Target):
+    name = "opendkim-sign"
+    kind: Kind = "milter"
+    reference = True
+    optional = True
+    auth_user = "alice"
+    description = (
+        "OpenDKIM (Debian) Mode s, RSA-2048, relaxed/relaxed, the bench client an internal host"
+    )
+
+    def unavailable(self, ctx: Context) -> str | None:
+        return None if shutil.which("opendkim") else "opendkim not installed (Debian: opendkim)"
+
+    def launch(self, ctx: Context, spec: SocketSpec) -> ServiceProcess:
+        base = ctx.workdir / f"{self.name}-{spec.kind}"
+        base.mkdir(exist_ok=True)
+        config = base / "opendkim.conf"
+        config.write_text(
+            "Mode s\n"
+            f"Socket {libmilter_socket(spec)}\n"
+            f"PidFile {base / 'opendkim.pid'}\n"
+            f"Domain {SIGN_DOMAIN}\nSelector {SIGN_SELECTOR}\nKeyFile {signing_key(ctx)}\n"
+            "Canonicalization relaxed/relaxed\n"
+            "InternalHosts 127.0.0.1, 192.0.2.0/24\n"
+            # The bench lives under /tmp, which OpenDKIM's key-path check rejects.
+            "RequireSafeKeys no\n"
+            "Syslog no\nUMask 000\n"
+        )
+        return self._start(ctx, spec, ["opendkim", "-f", "-x", str(config)])
+
+
+class DkimpyMilterSign(Target):
+    name = "dkimpy-milter-sign"
+    kind: Kind = "milter"
+    optional = True
+    auth_user = "alice"
+    description = "dkimpy-milter (Debian) signing, RSA-2048 (pure-Python RSA), relaxed/relaxed"
+
+    def unavailable(self, ctx: Context) -> str | None:
+        if shutil.which("dkimpy-milter") is None:
+            return "dkimpy-milter not installed (Debian: dkimpy-milter)"
+        return None
+
+    def launch(self, ctx: Context, spec: SocketSpec) -> ServiceProcess:
+        base = ctx.workdir / f"{self.name}-{spec.kind}"
+        base.mkdir(exist_ok=True)
+        config = base / "dkimpy-milter.conf"
+        config.write_text(
+            "Mode s\n"
+            f"Socket {libmilter_socket(spec)}\n"
+            f"PidFile {base / 'dkimpy-milter.pid'}\n"
+            f"Domain {SIGN_DOMAIN}\nSelector {SIGN_SELECTOR}\nKeyFile {signing_key(ctx)}\n"
+            "Canonicalization relaxed/relaxed\n"
+            "InternalHosts 127.0.0.1, 192.0.2.0/24\n"
+            # Its default drops to user dkimpy-milter, who cannot reach the bench's dirs.
+            f"UserID {pwd.getpwuid(os.getuid()).pw_name}\n"
+            "Syslog no\nUMask 000\n"
+        )
+        return self._start(ctx, spec, ["dkimpy-milter", str(config)])
+
+
+class MailwardSign(MailwardMilter):
+    name = "mailward-sign"
+    optional = True
+    auth_user = "alice"
+    description = (
+        "the Mailward milter signing authenticated submissions, RSA-2048, relaxed/relaxed "
+        "([milter] workers from --mailward-workers)"
+    )
+
+    def launch(self, ctx: Context, spec: SocketSpec) -> ServiceProcess:
+        unused = SocketSpec("inet", host="127.0.0.1", port=free_tcp_port())
+        extra = (
+            "\n[[dkim.sign.keys]]\n"
+            f'domain = "{SIGN_DOMAIN}"\nselector = "{SIGN_SELECTOR}"\n'
+            f'key = "{signing_key(ctx)}"\n'
+        )
+        config = mailward_config(ctx, f"{self.name}-{spec.kind}", spec, unused, extra)
+        argv = [sys.executable, "-m", "mailward", "milter", "-c", str(config)]
+        return self._start(ctx, spec, argv)
+
+
 class MailwardPolicy(Target):
     name = "mailward-policyd"
     kind: Kind = "policy"
@@ -375,12 +500,67 @@ class MailwardPolicy(Target):
         return self._start(ctx, spec, argv)
 
 
+POLICYD_SPF = Path("/usr/bin/policyd-spf")
+
+#: policyd-spf doing what `[policyd.spf]`'s defaults do: HELO then MAIL FROM, reject
+#: fail, prepend Received-SPF otherwise, errors neither deferred nor rejected.
+POLICYD_SPF_CONFIG = """\
+debugLevel = 1
+TestOnly = 1
+HELO_reject = Fail
+Mail_From_reject = Fail
+PermError_reject = False
+TempError_Defer = False
+skip_addresses = 127.0.0.0/8,::ffff:127.0.0.0/104,::1
+Header_Type = SPF
+Hide_Receiver = No
+Authserv_Id = {receiver}
+"""
+
+
+class PolicydSpf(Target):
+    """Debian's postfix-policyd-spf-python, spawned per connection as Postfix does.
+
+    The policy baseline when installed (what users would otherwise run, DESIGN.md); the
+    DUNNO stub is then measured against it too, as the protocol's ceiling."""
+
+    name = "policyd-spf"
+    kind: Kind = "policy"
+    reference = True
+    description = (
+        "policyd-spf (postfix-policyd-spf-python), one process per connection as "
+        "spawn(8) runs it; pydns pointed at the bench's nsd"
+    )
+
+    def unavailable(self, ctx: Context) -> str | None:
+        if not POLICYD_SPF.exists():
+            return f"{POLICYD_SPF} not installed (Debian: postfix-policyd-spf-python)"
+        if ctx.dns_port is None:
+            return "needs the bench's nsd (its resolv.conf cannot name a port)"
+        return None
+
+    def launch(self, ctx: Context, spec: SocketSpec) -> ServiceProcess:
+        config = ctx.workdir / "config" / "policyd-spf.conf"
+        config.parent.mkdir(exist_ok=True)
+        config.write_text(POLICYD_SPF_CONFIG.format(receiver=world.RECEIVER_HOST))
+        argv = [
+            sys.executable, "-m", "bench.peers.spawn", "--socket", str(spec),
+            "--python-dns-server", f"127.0.0.1:{ctx.dns_port}",
+            "--", str(POLICYD_SPF), str(config),
+        ]
+        return self._start(ctx, spec, argv, timeout=30.0)
+
+
 def all_targets() -> list[Target]:
     """Every target, references first within each kind."""
     return [
         EmptyMilter(),
         MailwardMilter(),
         MailwardMilterOutbound(),
+        OpenDkimSign(),
+        MailwardSign(),
+        DkimpyMilterSign(),
+        PolicydSpf(),
         DunnoPolicy(),
         MailwardPolicy(),
     ]
@@ -516,7 +696,9 @@ def run_group(
             return run
 
         refs = [e for e in started if e[0].reference]
-        others = [e for e in started if not e[0].reference]
+        # The first reference that started is the baseline; other references (the DUNNO
+        # stub when policyd-spf is the baseline) are measured against it like any target.
+        others = [e for e in started if not refs or e is not refs[0]]
         if refs and others:
             ref = refs[0]
             for other in others:
@@ -759,7 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{s.milter_duration:g} s per run, {s.rounds} A/B rounds",
         "policy": f"Policy: {s.concurrency} persistent connections, protocol_state=RCPT, "
         f"mixed clients/senders (bench.world); {s.policy_duration:g} s per run, "
-        f"{s.rounds} A/B rounds",
+        f"{s.rounds} A/B rounds; Mailward policyd with {s.policyd_workers} worker(s)",
     }
     print()
     for kind, heading in headings.items():

@@ -46,9 +46,12 @@ def build_pipeline(settings: Settings) -> Pipeline:
 
 
 def build_policy_engine(settings: Settings) -> PolicyEngine:
+    from mailward.dns import DnsResolver
     from mailward.policy import PolicyEngine
 
-    return PolicyEngine(settings=settings)
+    # The state store ([state]) is opened only if greylisting or rate limits are on,
+    # and lazily: a Redis that is down at startup is an outage, not a startup failure.
+    return PolicyEngine.from_settings(settings, DnsResolver(settings.dns))
 
 
 def _load_or_report(path: Path) -> Settings | None:

@@ -234,6 +234,7 @@ class PolicydSettings:
     order: tuple[str, ...] = POLICY_NAMES  # evaluation order; unlisted ones come after
     on_state_error: StateErrorAction = StateErrorAction.DUNNO
     threads: int = 32  # threads for blocking work (DNS, state backend)
+    workers: int = 1  # processes sharing the socket (a supervisor starts them)
 
 
 @dataclass(frozen=True)
@@ -793,6 +794,7 @@ def _read_policyd(table: _Table) -> PolicydSettings:
         order=_policy_order(table),
         on_state_error=table.choice("on_state_error", StateErrorAction, defaults.on_state_error),
         threads=table.number("threads", int, defaults.threads, 1, 1024),
+        workers=table.number("workers", int, defaults.workers, 1, 64),
     )
     table.finish(subtables=POLICYD_SUBTABLES)
     return policyd

@@ -9,21 +9,40 @@ Robustness rules: a malformed request is logged and answered `DUNNO` if the stre
 still in sync, otherwise the connection is closed; an idle connection is closed after
 `idle_timeout`; a bug while deciding is logged and answered `DUNNO` (never a reject);
 one bad client never affects the others.
+
+The engine's blocking work (SPF's DNS lookups, the greylisting and rate-limit store)
+never runs on the event loop: the engine yields it as steps (mailward.policies.base),
+which run in a pool of `[policyd] threads` threads while the loop serves the other
+connections.  What needs no waiting (answers the engine has in memory) is decided on
+the loop, without a thread hop.  Requests on one connection are answered in order.
+
+On reload the new engine takes the next requests; the old one is closed (its state
+store connections released) once its last request is answered.
+
+One process uses one core.  With `[policyd] workers` above 1, `serve_forever` makes
+this process a `Supervisor` of that many worker processes accepting on its socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from mailward import metrics, runtime
 from mailward.config import ConfigError, Settings, SocketKind, load_settings
-from mailward.policy import DUNNO, PolicyAnswer, PolicyEngine
+from mailward.policy import DUNNO, PROTOCOL_STATES, PolicyAnswer, PolicyEngine
 from policyd.codec import PolicyDecoder, PolicyRequest, ProtocolError, encode_response
 
 log = logging.getLogger("mailward.policyd")
@@ -33,14 +52,32 @@ EngineFactory = Callable[[Settings], PolicyEngine]
 _READ_SIZE = 65536
 
 
+class _EngineInUse:
+    """An engine and the number of requests using it, so a replaced one is closed only
+    when its last request is answered."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.engine = engine
+        self.users = 0
+        self.retired = False
+        self.closed = False
+
+
 class PolicyServer:
     """Serves the policy protocol on the configured socket until stopped."""
 
-    def __init__(self, config_path: Path | None, settings: Settings, factory: EngineFactory):
+    def __init__(self, config_path: Path | None, settings: Settings, factory: EngineFactory,
+                 listening: socket.socket | None = None):
+        """`listening`: a socket already bound and listening (a worker gets its
+        supervisor's); by default the server opens `[policyd] socket` itself."""
         self.config_path = config_path
         self.settings = settings
         self.factory = factory
-        self.engine = factory(settings)
+        self.listening = listening
+        self._current = _EngineInUse(factory(settings))
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.policyd.threads, thread_name_prefix="mailward-policyd"
+        )
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._busy: set[asyncio.Task[None]] = set()  # connections inside a request
@@ -51,7 +88,12 @@ class PolicyServer:
 
     async def start(self) -> None:
         address = self.settings.policyd.socket
-        if address.kind is SocketKind.UNIX:
+        if self.listening is not None:
+            if self.listening.family == socket.AF_UNIX:
+                self._server = await asyncio.start_unix_server(self._serve, sock=self.listening)
+            else:
+                self._server = await asyncio.start_server(self._serve, sock=self.listening)
+        elif address.kind is SocketKind.UNIX:
             runtime.ensure_socket_directory(address)
             if runtime.socket_in_use(address):
                 raise OSError(f"another process already listens on {address}")
@@ -65,6 +107,21 @@ class PolicyServer:
                 reuse_address=True, backlog=1024,
             )
         log.info("mailward policyd listening on %s", address)
+        await self._check_state(self.engine)
+
+    @property
+    def engine(self) -> PolicyEngine:
+        """The engine new requests go to."""
+        return self._current.engine
+
+    async def _check_state(self, engine: PolicyEngine) -> None:
+        """Warn (never fail) if the state backend does not answer: policies then follow
+        `on_state_error` until it is back."""
+        loop = asyncio.get_running_loop()
+        problem = await loop.run_in_executor(self._executor, engine.check_state)
+        if problem is not None:
+            log.warning("state backend not available yet (policies follow "
+                        "policyd.on_state_error until it is): %s", problem)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in progress finish, close idle connections."""
@@ -81,7 +138,10 @@ class PolicyServer:
                 task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
-        runtime.remove_unix_socket(self.settings.policyd.socket)
+        if self.listening is None:  # a supervisor's socket is its own to remove
+            runtime.remove_unix_socket(self.settings.policyd.socket)
+        self._retire(self._current)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
 
     def reload(self) -> None:
@@ -100,7 +160,11 @@ class PolicyServer:
             return
         if settings.policyd.socket != self.settings.policyd.socket:
             log.warning("policyd.socket changed: takes effect after a restart")
-        self.settings, self.engine = settings, engine
+        if settings.policyd.threads != self.settings.policyd.threads:
+            log.warning("policyd.threads changed: takes effect after a restart")
+        old, self._current = self._current, _EngineInUse(engine)
+        self.settings = settings
+        self._retire(old)
         runtime.set_log_level(settings.general.log_level)
         metrics.CONFIG_RELOADS.labels("ok").inc()
         log.info("configuration reloaded from %s", self.config_path)
@@ -142,9 +206,9 @@ class PolicyServer:
         peer = _peer_name(writer)
         while True:
             try:
-                data = await asyncio.wait_for(
-                    reader.read(_READ_SIZE), self.settings.policyd.idle_timeout
-                )
+                # asyncio.timeout, not wait_for: no extra task per read.
+                async with asyncio.timeout(self.settings.policyd.idle_timeout):
+                    data = await reader.read(_READ_SIZE)
             except TimeoutError:
                 if decoder.pending:
                     log.warning("policy client %s stalled inside a request; closing", peer)
@@ -156,7 +220,7 @@ class PolicyServer:
                     self._report(problem, peer)
                 return
             self._busy.add(task)
-            replies, fatal = self._handle(decoder.feed(data), peer)
+            replies, fatal = await self._handle(decoder.feed(data), peer)
             if replies:
                 writer.write(b"".join(replies))
                 await writer.drain()
@@ -167,13 +231,13 @@ class PolicyServer:
                 if self._stopping:
                     return  # its request is answered; stop() is waiting for this task
 
-    def _handle(self, events: list[PolicyRequest | ProtocolError], peer: str
-                ) -> tuple[list[bytes], bool]:
+    async def _handle(self, events: list[PolicyRequest | ProtocolError], peer: str
+                      ) -> tuple[list[bytes], bool]:
         """Answer each complete request in order; stop at a fatal protocol error."""
         replies = []
         for event in events:
             if isinstance(event, PolicyRequest):
-                replies.append(encode_response(self._answer(event).action))
+                replies.append(encode_response((await self._answer(event)).action))
                 continue
             self._report(event, peer)
             if event.fatal:
@@ -181,26 +245,87 @@ class PolicyServer:
             replies.append(encode_response(DUNNO.action))
         return replies, False
 
-    def _answer(self, request: PolicyRequest) -> PolicyAnswer:
+    async def _answer(self, request: PolicyRequest) -> PolicyAnswer:
         started = time.perf_counter()
+        in_use = self._current
+        in_use.users += 1
         try:
-            answer = self.engine.decide(request.attributes)
+            answer = await self._decide(in_use.engine, request.attributes)
         except Exception:
             log.exception("policy decision failed for %s", _describe(request))
             metrics.ERRORS.labels("policyd").inc()
             answer = PolicyAnswer("DUNNO", reason="internal error")
+        finally:
+            in_use.users -= 1
+            if in_use.retired and in_use.users == 0:
+                self._close(in_use)
         metrics.POLICYD_REQUEST_SECONDS.observe(time.perf_counter() - started)
-        state = request.protocol_state if request.protocol_state else "UNKNOWN"
-        metrics.POLICYD_REQUESTS.labels(state.lower(), answer.label).inc()
-        level = logging.DEBUG if answer.action == "DUNNO" and not answer.reason else logging.INFO
-        log.log(level, "%s: action=%s%s", _describe(request), answer.action,
-                f" ({answer.reason})" if answer.reason else "")
+        _requests_counter(request.protocol_state or "UNKNOWN", answer.label).inc()
+        # What refuses (defer, reject) or could not be evaluated is logged; what lets the
+        # mail go on (DUNNO, a PREPENDed header) only at debug: one line per recipient
+        # of every message would drown the log.  Metrics count everything.
+        quiet = answer.label in ("DUNNO", "PREPEND") and not (
+            answer.action == "DUNNO" and answer.reason
+        )
+        level = logging.DEBUG if quiet else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "%s: action=%s%s", _describe(request), answer.action,
+                    f" ({answer.reason})" if answer.reason else "")
         return answer
+
+    async def _decide(self, engine: PolicyEngine, attributes: Mapping[str, str]) -> PolicyAnswer:
+        """Run the engine; its blocking steps go to the thread pool, one after another.
+
+        An engine without policies only validates (or is a test double): it is asked
+        directly, as `decide()`."""
+        if not engine.policies:
+            return engine.decide(attributes)
+        steps = engine.evaluate(attributes)
+        loop = asyncio.get_running_loop()
+        try:
+            step = next(steps)
+            while True:
+                await loop.run_in_executor(self._executor, step.run)
+                step = steps.send(None)
+        except StopIteration as done:
+            answer: PolicyAnswer = done.value
+            return answer
+
+    def _retire(self, in_use: _EngineInUse) -> None:
+        in_use.retired = True
+        if in_use.users == 0:
+            self._close(in_use)
+
+    @staticmethod
+    def _close(in_use: _EngineInUse) -> None:
+        if in_use.closed:
+            return
+        in_use.closed = True
+        try:
+            in_use.engine.close()
+        except Exception:
+            log.exception("closing the replaced policy engine failed")
+            metrics.ERRORS.labels("policyd").inc()
 
     def _report(self, problem: ProtocolError, peer: str) -> None:
         metrics.POLICYD_PROTOCOL_ERRORS.labels(problem.kind.value).inc()
         outcome = "closing the connection" if problem.fatal else "answered DUNNO"
         log.warning("malformed policy request from %s: %s; %s", peer, problem.detail, outcome)
+
+
+_REQUEST_COUNTERS: dict[tuple[str, str], Any] = {}
+
+
+def _requests_counter(state: str, label: str) -> Any:
+    """The requests counter's child for (state, action label), looked up once for the
+    states Postfix uses (labels() costs more than the increment itself)."""
+    key = (state, label)
+    child = _REQUEST_COUNTERS.get(key)
+    if child is None:
+        child = metrics.POLICYD_REQUESTS.labels(state.lower(), label)
+        if state in PROTOCOL_STATES and len(_REQUEST_COUNTERS) < 1000:
+            _REQUEST_COUNTERS[key] = child
+    return child
 
 
 def _describe(request: PolicyRequest) -> str:
@@ -225,7 +350,13 @@ def _set_nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 async def serve_forever(server: PolicyServer) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+    """Run until SIGTERM/SIGINT; SIGHUP reloads.
+
+    With `[policyd] workers` above 1 (and a configuration file the workers can read),
+    this process becomes their supervisor instead of serving (see `Supervisor`)."""
+    if (server.settings.policyd.workers > 1 and server.listening is None
+            and server.config_path is not None):
+        return await Supervisor(server).run()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -241,3 +372,206 @@ async def serve_forever(server: PolicyServer) -> int:
     await server.stop()
     log.info("mailward policyd stopped")
     return 0
+
+
+# --------------------------------------------------------------------------- workers
+
+#: How a worker process starts: a fresh interpreter (no state inherited from the
+#: supervisor but the listening socket), so that its metrics can be written to the
+#: shared multiprocess directory from the first import on.
+_WORKER_BOOT = (
+    "import sys; from policyd.server import worker_main; sys.exit(worker_main(sys.argv[1:]))"
+)
+_RESPAWN_WINDOW = 10.0  # seconds: a worker dying sooner than this counts as a crash loop
+_MAX_QUICK_DEATHS = 5
+_WORKER_STOP_TIMEOUT = 20.0
+
+
+def _listen(settings: Settings) -> socket.socket:
+    """Open `[policyd] socket` for the workers to share (raises OSError)."""
+    address = settings.policyd.socket
+    if address.kind is SocketKind.UNIX:
+        runtime.ensure_socket_directory(address)
+        if runtime.socket_in_use(address):
+            raise OSError(f"another process already listens on {address}")
+        runtime.remove_unix_socket(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address.path)
+        runtime.apply_socket_permissions(address, settings.policyd.socket_permissions)
+    else:
+        family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _collect_from_workers(directory: str) -> None:
+    """Make this process's /metrics the sum of its workers': they write to `directory`
+    (prometheus_client's multiprocess mode); this process serves none itself, so its own
+    copies of Mailward's metrics are withdrawn, or each name would appear twice."""
+    from prometheus_client import REGISTRY
+    from prometheus_client import multiprocess as prometheus_multiprocess
+    from prometheus_client.metrics import MetricWrapperBase
+
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            with contextlib.suppress(KeyError):  # not registered (already withdrawn)
+                REGISTRY.unregister(value)
+    prometheus_multiprocess.MultiProcessCollector(REGISTRY, path=directory)  # type: ignore[no-untyped-call]
+
+
+class Supervisor:
+    """`workers` policy service processes on one socket.
+
+    One asyncio process uses one core, and SPF with cached DNS is CPU work; several
+    processes accepting on the same socket let the kernel spread Postfix's connections
+    over the cores.  This process opens the socket, starts the workers (fresh
+    interpreters running `worker_main`), passes SIGHUP on (each worker reloads its
+    configuration itself), replaces a worker that dies (and gives up on a crash loop),
+    and on SIGTERM stops them: each finishes the requests it has started.  Its metrics
+    endpoint sums theirs.
+    """
+
+    def __init__(self, server: PolicyServer) -> None:
+        assert server.config_path is not None
+        self.config_path = server.config_path
+        self.settings = server.settings
+        self.factory = server.factory
+        self._unused = server  # built by the caller; this process serves nothing
+        self._workers: dict[asyncio.subprocess.Process, float] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._quick_deaths = 0
+        self._failed = False
+        self._stop = asyncio.Event()
+        self._metrics_dir = ""
+        self._socket: socket.socket | None = None
+
+    async def run(self) -> int:
+        server = self._unused
+        server._retire(server._current)  # its engine (and state store) stays unused
+        server._executor.shutdown(wait=False)
+        spec = f"{self.factory.__module__}:{self.factory.__qualname__}"
+        if "<" in spec:
+            log.error("policyd.workers needs an importable engine factory, not %s", spec)
+            return 1
+        address = self.settings.policyd.socket
+        try:
+            self._socket = _listen(self.settings)
+        except (OSError, KeyError) as exc:
+            log.error("cannot listen on %s: %s", address, exc)
+            return 1
+        self._metrics_dir = tempfile.mkdtemp(prefix="mailward-policyd-metrics-")
+        _collect_from_workers(self._metrics_dir)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        try:
+            log.info("mailward policyd listening on %s with %d workers",
+                     address, self.settings.policyd.workers)
+            for _ in range(self.settings.policyd.workers):
+                await self._spawn(spec)
+            await self._stop.wait()
+            log.info("stopping: the workers finish their requests in progress")
+            await self._stop_workers()
+        finally:
+            self._socket.close()
+            runtime.remove_unix_socket(address)
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        log.info("mailward policyd stopped")
+        return 1 if self._failed else 0
+
+    async def _spawn(self, spec: str) -> None:
+        assert self._socket is not None
+        env = dict(os.environ)
+        env[runtime.MULTIPROC_ENV] = self._metrics_dir
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        fd = self._socket.fileno()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WORKER_BOOT, "--listen-fd", str(fd),
+            "--config", str(self.config_path), "--factory", spec,
+            pass_fds=(fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
+        )
+        self._workers[process] = time.monotonic()
+        watcher = asyncio.create_task(self._watch(process, spec))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, process: asyncio.subprocess.Process, spec: str) -> None:
+        status = await process.wait()
+        started = self._workers.pop(process, time.monotonic())
+        from prometheus_client import multiprocess as prometheus_multiprocess
+
+        prometheus_multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
+        if self._stopping:
+            return
+        log.error("policy worker %d exited unexpectedly (status %s); starting a new one",
+                  process.pid, status)
+        if time.monotonic() - started < _RESPAWN_WINDOW:
+            self._quick_deaths += 1
+        if self._quick_deaths >= _MAX_QUICK_DEATHS:
+            log.critical("policy workers keep dying; giving up")
+            self._failed = True
+            self._stop.set()
+            return
+        await self._spawn(spec)
+
+    def _reload(self) -> None:
+        """Each worker reloads (and validates) the configuration itself."""
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        for key in ("socket", "workers", "threads"):
+            if getattr(settings.policyd, key) != getattr(self.settings.policyd, key):
+                log.warning("policyd.%s changed: takes effect after a restart", key)
+        runtime.set_log_level(settings.general.log_level)
+        for process in self._workers:
+            if process.returncode is None:
+                process.send_signal(signal.SIGHUP)
+
+    async def _stop_workers(self) -> None:
+        self._stopping = True
+        for process in self._workers:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        waiting = [task for task in self._watchers if not task.done()]
+        if not waiting:
+            return
+        _, late = await asyncio.wait(waiting, timeout=_WORKER_STOP_TIMEOUT)
+        if late:
+            for process in self._workers:
+                if process.returncode is None:
+                    log.warning("policy worker %d did not stop in time; killing it",
+                                process.pid)
+                    process.kill()
+            await asyncio.wait(late, timeout=5.0)
+
+
+def worker_main(argv: list[str]) -> int:
+    """A worker process: serve the supervisor's socket (`--listen-fd`) until SIGTERM."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="mailward policyd worker")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--factory", required=True, help="module:function building the engine")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    runtime.configure_logging("policyd", settings.general.log_level)
+    module_name, _, function = args.factory.partition(":")
+    factory: EngineFactory = getattr(importlib.import_module(module_name), function)
+    listening = socket.socket(fileno=args.listen_fd)
+    server = PolicyServer(args.config, settings, factory, listening=listening)
+    return asyncio.run(serve_forever(server))

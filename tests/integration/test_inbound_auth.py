@@ -53,8 +53,17 @@ def our_results(message: email.message.Message) -> dict[str, str]:
     return results
 
 
-def test_allowed_client_passes_spf_and_iprev(stack, zones, mailward_factory, recipient):
-    mailward_factory()
+@pytest.fixture
+def milter(mailward_factory):
+    """Only the milter: the policy service would refuse the unlisted client at RCPT
+    already (its own tests cover that)."""
+    def start(config=None):
+        return mailward_factory(config, services=["milter"])
+    return start
+
+
+def test_allowed_client_passes_spf_and_iprev(stack, zones, milter, recipient):
+    milter()
     results = our_results(send(stack, recipient, GOOD_CLIENT))
     assert results["spf"].startswith(f"pass smtp.mailfrom=alice@{SENDER_DOMAIN}")
     assert results["spf-helo"] == f"none smtp.helo=mail.{SENDER_DOMAIN}"  # HELO has no SPF
@@ -62,8 +71,8 @@ def test_allowed_client_passes_spf_and_iprev(stack, zones, mailward_factory, rec
     assert f"policy.iprev={GOOD_CLIENT}" in results["iprev"]
 
 
-def test_unlisted_client_fails_spf_and_iprev(stack, zones, mailward_factory, recipient):
-    services = mailward_factory({"spf": {"received_spf": True}})
+def test_unlisted_client_fails_spf_and_iprev(stack, zones, milter, recipient):
+    services = milter({"spf": {"received_spf": True}, "dmarc": {"enabled": False}})
     stored = send(stack, recipient, BAD_CLIENT)
     results = our_results(stored)
     assert results["spf"].startswith("fail")
@@ -73,11 +82,11 @@ def test_unlisted_client_fails_spf_and_iprev(stack, zones, mailward_factory, rec
 
 
 def test_dns_outage_gives_temperror_and_the_message_still_arrives(
-    stack, zones, mailward_factory, recipient
+    stack, zones, milter, recipient
 ):
     # Without DMARC (which would defer: see test_dmarc_enforcement), nothing here acts
     # on the results: the message is delivered with temperror recorded.
-    mailward_factory({"dns": {"timeout": 0.3}, "dmarc": {"enabled": False}})
+    milter({"dns": {"timeout": 0.3}, "dmarc": {"enabled": False}})
     with stack.dns.outage():
         results = our_results(send(stack, recipient, GOOD_CLIENT))
     assert results["spf"].startswith("temperror")
