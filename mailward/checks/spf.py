@@ -269,8 +269,12 @@ def _clean_text(text: str) -> str:
     return _printable(text)[:_MAX_EXPLANATION]
 
 
+# Control characters (C0 and DEL) become spaces: header text must stay one line.
+_CONTROLS_TO_SPACE = {code: " " for code in (*range(32), 127)}
+
+
 def _printable(text: str) -> str:
-    return "".join(" " if ord(char) < 32 or ord(char) == 127 else char for char in text)
+    return text.translate(_CONTROLS_TO_SPACE)
 
 
 # --------------------------------------------------------------------------- pyspf hook
