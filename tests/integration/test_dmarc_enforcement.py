@@ -213,3 +213,31 @@ def test_the_same_list_post_without_trusting_the_sealer_is_rejected(
         received)
     result = deliver(stack, sealed, f"members-bounces@{LIST}", recipient, FOREIGN_CLIENT)
     assert result.final[0] == 550, result
+
+
+def test_50_mb_signed_message_is_delivered_whole_and_never_rejected_for_our_limit(
+    stack, zones, pem, milter, recipient
+):
+    """Over milter.max_body_size the body is not hashed: DKIM says neutral, and DMARC is
+    not enforced on a failure that an aligned signature might have turned into a pass."""
+    stack.postfix.reconfigure({"message_size_limit": "60000000"})
+    services = milter()
+    try:
+        subject = f"huge {uuid.uuid4().hex}"
+        line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\r\n"
+        body = line * (50 * 1024 * 1024 // len(line))
+        message = signed(pem, f"alice@{STRICT}", recipient, subject, body=body)
+        # From a client outside STRICT's SPF: only DKIM could make DMARC pass.
+        result = deliver(stack, message, f"alice@{STRICT}", recipient, FOREIGN_CLIENT)
+        assert result.accepted, result
+        raw = next(r for r in wait_until(
+            lambda: [r for r in stack.dovecot.raw_messages(recipient) if subject.encode() in r],
+            60, "the 50 MB message in INBOX"))
+        assert len(raw) > 50 * 1024 * 1024
+        header = our_header(email.message_from_bytes(raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"))
+        assert "dkim=neutral" in header and "too large" in header
+        assert "not enforced: message too large to verify" in header
+        assert services.metric_value("mailward_dmarc_enforcement_total",
+                                     {"outcome": "size_exempt"}) == 1.0
+    finally:
+        stack.postfix.reconfigure({"message_size_limit": "10240000"})
