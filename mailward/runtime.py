@@ -13,12 +13,26 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from mailward.config import ListenAddress, LogLevel, SocketAddress, SocketKind, SocketPermissions
+from mailward import metrics
+from mailward.config import (
+    ConfigError,
+    ListenAddress,
+    LogLevel,
+    Settings,
+    SocketAddress,
+    SocketKind,
+    SocketPermissions,
+    load_settings,
+)
+
+T = TypeVar("T")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -100,3 +114,30 @@ def remove_unix_socket(address: SocketAddress) -> None:
     if address.kind is SocketKind.UNIX:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address.path)
+
+
+def load_and_build(
+    path: Path, build: Callable[[Settings], T], refused: str
+) -> tuple[Settings, T] | None:
+    """Read and validate the configuration and build what runs on it (for a reload).
+
+    On failure, say why (prefixed by `refused`) and return None: the caller keeps
+    running with what it has, which is the whole point of validating first.
+    """
+    try:
+        settings = load_settings(path)
+        return settings, build(settings)
+    except ConfigError as exc:
+        logging.getLogger(__name__).error("%s: %s", refused, exc)
+    except Exception:
+        logging.getLogger(__name__).exception("%s: building the engine failed", refused)
+        metrics.ERRORS.labels("reload").inc()
+    return None
+
+
+def warn_about_restart_keys(changes: Mapping[str, tuple[Any, Any]]) -> None:
+    """Log the settings a reload cannot apply (sockets, process counts): {key: (old, new)}."""
+    for key, (old, new) in changes.items():
+        if old != new:
+            logging.getLogger(__name__).warning(
+                "%s changed from %s to %s: takes effect after a restart", key, old, new)

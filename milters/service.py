@@ -35,7 +35,7 @@ import Milter
 import milter
 
 from mailward import metrics, runtime
-from mailward.config import ConfigError, Settings, SocketAddress, SocketKind, load_settings
+from mailward.config import ConfigError, Settings, SocketAddress, SocketKind
 from mailward.pipeline import Pipeline
 from milters.session import MilterSession
 
@@ -100,16 +100,11 @@ class ReloadingPipelineSource:
 
     def _reload(self, wanted: int) -> None:
         self.seen_generation = wanted  # even on failure: do not retry on every connection
-        try:
-            settings = load_settings(self.config_path)
-            self.pipeline = self.factory(settings)
-        except ConfigError as exc:
-            log.error("worker keeps its configuration: %s", exc)
+        loaded = runtime.load_and_build(self.config_path, self.factory,
+                                        "worker keeps its configuration")
+        if loaded is None:
             return
-        except Exception:
-            log.exception("worker keeps its configuration: building the engine failed")
-            metrics.ERRORS.labels("reload").inc()
-            return
+        settings, self.pipeline = loaded
         runtime.set_log_level(settings.general.log_level)
         log.info("worker reloaded configuration (generation %d)", wanted)
 
@@ -281,26 +276,17 @@ class MilterService:
         return time.monotonic() + self.settings.milter.shutdown_timeout + 2.0
 
     def _reload(self) -> None:
-        try:
-            new = load_settings(self.config_path)
-            self.factory(new)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+        loaded = runtime.load_and_build(self.config_path, self.factory,
+                                        "reload refused, keeping the running configuration")
+        if loaded is None:
             metrics.CONFIG_RELOADS.labels("error").inc()
             return
-        except Exception:
-            log.exception("reload refused: building the engine failed")
-            metrics.CONFIG_RELOADS.labels("error").inc()
-            return
-        fixed = {
+        new = loaded[0]
+        runtime.warn_about_restart_keys({
             "milter.socket": (self.settings.milter.socket, new.milter.socket),
             "milter.workers": (self.settings.milter.workers, new.milter.workers),
             "metrics.listen": (self.settings.metrics.listen, new.metrics.listen),
-        }
-        for key, (old, changed) in fixed.items():
-            if old != changed:
-                log.warning("%s changed from %s to %s: takes effect after a restart",
-                            key, old, changed)
+        })
         self.settings = new
         runtime.set_log_level(new.general.log_level)
         generation = self.control.bump()

@@ -147,21 +147,16 @@ class PolicyServer:
     def reload(self) -> None:
         if self.config_path is None:
             return
-        try:
-            settings = load_settings(self.config_path)
-            engine = self.factory(settings)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
+        loaded = runtime.load_and_build(self.config_path, self.factory,
+                                        "reload refused, keeping the running configuration")
+        if loaded is None:
             metrics.CONFIG_RELOADS.labels("error").inc()
             return
-        except Exception:
-            log.exception("reload refused: building the engine failed")
-            metrics.CONFIG_RELOADS.labels("error").inc()
-            return
-        if settings.policyd.socket != self.settings.policyd.socket:
-            log.warning("policyd.socket changed: takes effect after a restart")
-        if settings.policyd.threads != self.settings.policyd.threads:
-            log.warning("policyd.threads changed: takes effect after a restart")
+        settings, engine = loaded
+        runtime.warn_about_restart_keys({
+            "policyd.socket": (self.settings.policyd.socket, settings.policyd.socket),
+            "policyd.threads": (self.settings.policyd.threads, settings.policyd.threads),
+        })
         old, self._current = self._current, _EngineInUse(engine)
         self.settings = settings
         self._retire(old)
