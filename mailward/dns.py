@@ -14,9 +14,7 @@ for unit tests and conformance suites.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +33,7 @@ from dns.rdtypes.ANY.TXT import TXT
 
 from mailward import metrics
 from mailward.config import DnsSettings
+from mailward.ttlcache import TtlCache
 
 
 class Outcome(StrEnum):
@@ -111,39 +110,24 @@ def _normalise(name: str) -> str:
 
 
 class _Cache:
-    """A bounded LRU of answers that expire with their TTL.  Thread-safe."""
+    """Answers by (name, type) until their TTL; reports the remaining TTL, as a caching
+    resolver would."""
 
     def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
-        self._max = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: TtlCache[tuple[str, str], DnsAnswer] = TtlCache(max_entries, clock)
 
     def get(self, key: tuple[str, str]) -> DnsAnswer | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            expires, answer = entry
-            remaining = expires - self._clock()
-            if remaining <= 0:
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-        # Report the remaining TTL, as a caching resolver would.
+        found = self._entries.get_with_remaining(key)
+        if found is None:
+            return None
+        answer, remaining = found
         return DnsAnswer(
             answer.name, answer.rdtype, answer.outcome, answer.records,
             answer.txt_strings, int(remaining), answer.error,
         )
 
     def put(self, key: tuple[str, str], answer: DnsAnswer) -> None:
-        if self._max <= 0 or answer.ttl <= 0:
-            return
-        with self._lock:
-            self._entries[key] = (self._clock() + answer.ttl, answer)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        self._entries.put(key, answer, answer.ttl)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -64,9 +64,7 @@ import binascii
 import hashlib
 import logging
 import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -82,6 +80,7 @@ from mailward.checks.dkim_dns import MAX_KEY_RECORD_BYTES
 from mailward.config import DkimVerifySettings
 from mailward.dns import Outcome, Resolver
 from mailward.model import AuthProperty, AuthResult, Connection, Header, Transaction
+from mailward.ttlcache import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -546,38 +545,8 @@ def _colon_list(value: bytes) -> frozenset[str]:
     ) - {""}
 
 
-class _KeyCache:
-    """Parsed keys and key failures per (selector, domain), until their TTL. Thread-safe."""
-
-    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
-        self._max = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, DkimKey | _KeyFailure]]
-        self._entries = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str]) -> DkimKey | _KeyFailure | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry[0] <= self._clock():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
-
-    def put(self, key: tuple[str, str], value: DkimKey | _KeyFailure, ttl: int) -> None:
-        if ttl <= 0 or self._max <= 0:
-            return
-        with self._lock:
-            self._entries[key] = (self._clock() + ttl, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+class _KeyCache(TtlCache[tuple[str, str], "DkimKey | _KeyFailure"]):
+    """Parsed keys and key failures per (selector, domain), until their TTL."""
 
 
 # --------------------------------------------------------------------------- the message

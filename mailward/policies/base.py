@@ -19,9 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,6 +29,7 @@ from mailward import metrics
 from mailward.config import StateErrorAction
 from mailward.model import IPAddress
 from mailward.state import StateUnavailable
+from mailward.ttlcache import TtlCache
 
 log = logging.getLogger("mailward.policyd")
 
@@ -343,31 +342,15 @@ class TransactionMemo(Generic[V]):
         self, max_entries: int = 4096, lifetime: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._max = max_entries
         self._lifetime = lifetime
-        self._clock = clock
-        self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: TtlCache[Hashable, V] = TtlCache(max_entries, clock)
 
     def get(self, key: Hashable) -> V | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry[0] <= self._clock():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
+        return self._entries.get(key)
 
     def put(self, key: Hashable, value: V) -> None:
-        if self._max <= 0:
-            return
-        with self._lock:
-            self._entries[key] = (self._clock() + self._lifetime, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        self._entries.put(key, value, self._lifetime)
 
     def __len__(self) -> int:
         return len(self._entries)
+

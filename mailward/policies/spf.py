@@ -23,9 +23,7 @@ evaluation takes the first path and never waits for a thread.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 from mailward import metrics
@@ -54,6 +52,7 @@ from mailward.policies.base import (
     dunno,
     skip,
 )
+from mailward.ttlcache import TtlCache
 
 NAME = "spf"
 
@@ -89,33 +88,16 @@ class AnswerMemo:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolver = resolver
-        self._max = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, DnsAnswer]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._entries: TtlCache[tuple[str, str], DnsAnswer] = TtlCache(max_entries, clock)
 
     def query(self, name: str, rdtype: str) -> DnsAnswer:
         answer = self._resolver.query(name, rdtype)
-        if answer.ttl > 0 and answer.outcome is not Outcome.TEMPERROR and self._max > 0:
-            key = (name.rstrip(".").lower(), rdtype.upper())
-            with self._lock:
-                self._entries[key] = (self._clock() + answer.ttl, answer)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self._max:
-                    self._entries.popitem(last=False)
+        if answer.outcome is not Outcome.TEMPERROR:
+            self._entries.put((name.rstrip(".").lower(), rdtype.upper()), answer, answer.ttl)
         return answer
 
     def cached(self, name: str, rdtype: str) -> DnsAnswer | None:
-        key = (name.rstrip(".").lower(), rdtype.upper())
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry[0] <= self._clock():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return entry[1]
+        return self._entries.get((name.rstrip(".").lower(), rdtype.upper()))
 
 
 class _CacheOnly:
