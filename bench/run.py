@@ -553,6 +553,8 @@ class PolicydSpf(Target):
 
 def all_targets() -> list[Target]:
     """Every target, references first within each kind."""
+    from bench import inbound  # imported here: it builds on this module
+
     return [
         EmptyMilter(),
         MailwardMilter(),
@@ -563,6 +565,7 @@ def all_targets() -> list[Target]:
         PolicydSpf(),
         DunnoPolicy(),
         MailwardPolicy(),
+        *inbound.all_targets(),  # their own A/B groups: vs Rspamd, vs OpenDKIM verifying
     ]
 
 
@@ -901,6 +904,8 @@ def prepare_message(workdir: Path, notes: list[str]) -> tuple[bytes, str | None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bench import inbound  # imported here: it builds on this module
+
     settings = parse_settings(argv)
     targets = select_targets(settings.only)
     started = time.monotonic()
@@ -919,11 +924,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.notes.append("nsd not installed: services resolve with the system resolver")
         with RssSampler() as sampler:
             for kind in ("milter", "policy"):
-                of_kind = [t for t in targets if t.kind == kind]
+                of_kind = [t for t in targets if t.kind == kind and not inbound.grouped(t)]
                 if not of_kind:
                     continue
                 for socket_kind in settings.sockets:
                     reports += run_group(ctx, sampler, kind, socket_kind, of_kind)
+            reports += inbound.run_groups(ctx, sampler, targets)  # vs Rspamd, vs OpenDKIM
     finally:
         if dns is not None:
             dns.stop()
@@ -945,10 +951,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print()
     for kind, heading in headings.items():
-        if any(r.target.kind == kind for r in reports):
+        shown = [r for r in reports if r.target.kind == kind and not inbound.grouped(r.target)]
+        if shown:
             print(heading)
-            print(table(reports, kind))
+            print(table(shown, kind))
             print()
+    inbound_tables = inbound.tables(ctx, reports)
+    if inbound_tables:
+        print(inbound_tables + "\n")
     print(
         "peak RSS: sum over the service's process tree, sampled every 0.25 s; svc/client "
         "CPU: cores used during a run; vs ref: median of A/B pair ratios (range)"
@@ -968,4 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the one `bench.run` module that bench.inbound imports, not a `__main__` twin.
+    from bench import run
+
+    sys.exit(run.main())
