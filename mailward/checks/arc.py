@@ -21,25 +21,26 @@ The validator follows RFC 8617 5.2 step by step:
 
 **What dkimpy does and what we do.**  dkimpy's `ARC.verify()` passes the ARC test suite,
 but its behaviour around it makes it unfit to call as a whole here, so this module does
-the chain logic itself and uses dkimpy for what it is good at (tag-list parsing and
-field validation, header canonicalization, key records, RSA verification, through the
-public `verify_sig` of a `dkim.ARC` object):
+the chain logic itself and uses dkimpy only for tag-list parsing and field validation
+(`dkim.util.parse_tag_value`, `dkim.validate_signature_fields`):
 
 * a DNS timeout is logged and turned into "signature invalid", so a broken resolver
-  would make a chain `fail`.  Here the key lookups go through `dkim_dnsfunc` (our
-  resolver) wrapped in a recorder, so a signature that could not be checked for a
-  temporary reason is told apart from one that does not verify;
+  would make a chain `fail`.  Here a signature whose key lookup failed temporarily is
+  told apart from one that does not verify;
 * it finds the raw ARC-Message-Signature by searching for the bytes `" i=N;"`, which
   raises IndexError for a legitimately folded field (`...;\r\n\ti=1; ...`) or one
-  ending in `i=1` without a semicolon.  We pass the field we parsed;
+  ending in `i=1` without a semicolon.  We use the field we parsed;
 * it picks the header fields an ARC-Seal covers by their position in the message
   (bottom-up per name), so a chain whose sets were reordered in transit fails (it
-  raises, in fact).  RFC 8617 5.1.1 defines the seal's input by instance number: we
-  hand dkimpy the ARC header fields of instances 1..i in instance order;
-* it canonicalizes every header of the message for every signature and hashes the body
-  again for every AMS, so a long chain over a large body costs seconds.  We give it only
-  the fields a signature covers, and check bh= ourselves with one canonicalized body per
-  algorithm (`mailward.checks.dkim.canonicalize_body`).
+  raises, in fact).  RFC 8617 5.1.1 defines the seal's input by instance number, and
+  so do we;
+* it canonicalizes every header of the message for every signature, hashes the body
+  again for every AMS, does RSA in pure Python and fetches and parses the key record
+  for every signature.  We share DKIM verification's fast path
+  (`mailward.checks.dkim`): one canonicalized body per canonicalization, the header
+  canonicalization and bottom-up selection of `signed_data`, RSA through
+  `cryptography` (`signature_valid`), and keys parsed once and cached for their DNS
+  TTL across messages (`KeyFetcher`).
 
 **Temporary failures.**  RFC 8617 defines only `pass`, `fail` and `none`, and the IANA
 "Email Authentication Result Names" registry lists no other result for `arc`.  A key
@@ -61,22 +62,31 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
 
 import authres
 import dkim
 import dkim.util
 
 from mailward import message
-from mailward.checks.dkim import canonicalize_body
-from mailward.checks.dkim_dns import dkim_dnsfunc
+from mailward.checks.dkim import (
+    KEY_CACHE_ENTRIES,
+    DkimKey,
+    DkimResult,
+    KeyFailure,
+    KeyFetcher,
+    MessageView,
+    canonicalize_body,
+    relaxed_header,
+    signature_valid,
+    signed_data,
+    strip_b_value,
+)
 from mailward.dns import Resolver
 from mailward.model import (
     AuthProperty,
@@ -437,33 +447,9 @@ class _Sig(StrEnum):
     UNKNOWN = "unknown"  # not decidable now: temporary DNS failure, time budget, body
 
 
-class _DebugLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """dkimpy logs every bad signature at ERROR; for us that is hostile input, not an
-    error of ours.  Everything it says goes to our logger at DEBUG."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        super().log(logging.DEBUG, msg, *args, **kwargs)
-
-
-_DKIMPY_LOG = _DebugLogger(logging.getLogger(f"{__name__}.dkimpy"), {})
-
-
-class _KeyLookups:
-    """dkimpy's dnsfunc over our resolver, remembering whether a lookup failed
-    temporarily (dkimpy itself turns that into "invalid signature")."""
-
-    def __init__(self, resolver: Resolver) -> None:
-        self._lookup = dkim_dnsfunc(resolver)
-        self.temporary = False
-        self.error = ""
-
-    def __call__(self, name: bytes | str, timeout: float = 5) -> bytes | None:
-        try:
-            return self._lookup(name, timeout=timeout)
-        except dkim.DnsTimeoutError as exc:
-            self.temporary = True
-            self.error = _short(exc)
-            raise
+# RFC 8301 3.2: verifiers MUST NOT consider signatures with RSA keys under 1024 bits
+# valid.  ARC's only algorithm is rsa-sha256 (RFC 8617 4.1.2, 4.1.3).
+MIN_KEY_BITS = 1024
 
 
 class _Checker:
@@ -471,7 +457,7 @@ class _Checker:
 
     def __init__(
         self,
-        resolver: Resolver,
+        keys: KeyFetcher,
         sets: Mapping[int, Mapping[str, _Field]],
         newest: int,
         transaction: Transaction,
@@ -479,12 +465,13 @@ class _Checker:
         clock: Callable[[], float],
     ) -> None:
         self._sets = sets
-        self._lookups = _KeyLookups(resolver)
+        self._keys = keys
         self._limits = limits
         self._clock = clock
         self._started = clock()
         self._body_complete = not transaction.body_truncated
-        self._headers = transaction.headers
+        self._transaction = transaction
+        self._view: MessageView | None = None
         self._body = message.to_crlf(transaction.body)
         self._canonical_bodies: dict[str, bytes] = {}
         self.notes: dict[tuple[str, int], str] = {}
@@ -502,16 +489,19 @@ class _Checker:
         if problem:
             self.notes[(AMS, number)] = problem
             return _Sig.INVALID
-        # Checked: dkimpy must not hash the body again (it only does when bh= is given).
-        sig.pop(b"bh", None)
-        sig.pop(b"l", None)
         include = [part.strip().lower() for part in sig[b"h"].split(b":")]
         include = [name for name in include if name]
-        # dkimpy canonicalizes every header it is given, for every signature: give it
-        # only the fields h= names (their order kept, so its bottom-up pick is the same).
-        wanted = {name.decode("ascii", "replace") for name in include}
-        signed = [header for header in self._headers if header.name.lower() in wanted]
-        return self._verify(signed, AMS, number, sig, include, item.header)
+        if b"from" in include:
+            # As dkimpy (its bug#644046): a From added above the signed one breaks the
+            # signature, as an unsigned From breaks a DKIM signature here.
+            include.append(b"from")
+        if self._out_of_time(AMS, number):
+            return _Sig.UNKNOWN
+        if self._view is None:
+            self._view = MessageView(self._transaction)
+        canon = sig[b"c"].partition(b"/")[0].decode()
+        own = (message.header_name_bytes(item.header), message.header_value_bytes(item.header))
+        return self._verify(signed_data(self._view, include, canon, own), AMS, number, sig)
 
     def _body_problem(self, sig: Mapping[bytes, bytes]) -> str:
         """Why the AMS body hash (bh=, over l= bytes if given) does not match, or ""."""
@@ -539,47 +529,42 @@ class _Checker:
 
     def seal(self, number: int) -> _Sig:
         item = self._sets[number][AS]
-        sig = dict(item.tags)
-        # RFC 8617 4.1.3: the seal covers no body and uses relaxed canonicalization only.
-        for tag in (b"bh", b"l"):
-            sig.pop(tag, None)
-        sig[b"c"] = b"relaxed/relaxed"
-        include = [kind.encode() for _ in range(number) for kind in _KINDS][:-1]
-        # Only the ARC fields of sets 1..i, newest on top, so that dkimpy's bottom-up
-        # pick of same-named fields yields instances 1, 2, ... in order (RFC 8617 5.1.1):
-        # the seal's input is defined by instance numbers, not by field positions.
-        sealed = [self._sets[n][kind].header for n in range(number, 0, -1) for kind in _KINDS]
-        return self._verify(sealed, AS, number, sig, include, item.header)
+        if self._out_of_time(AS, number):
+            return _Sig.UNKNOWN
+        # RFC 8617 4.1.3, 5.1.1: relaxed header canonicalization only, no body; the input
+        # is the AAR, AMS and AS of sets 1..i by instance number (not by field position),
+        # the AS of set i last with b= emptied and without a final CRLF.
+        sealed = [self._sets[n][kind].header for n in range(1, number + 1) for kind in _KINDS]
+        parts = [_relaxed(header) for header in sealed[:-1]]
+        own = item.header
+        stripped = strip_b_value(message.header_value_bytes(own))
+        parts.append(relaxed_header(message.header_name_bytes(own), stripped)[:-2])
+        return self._verify(b"".join(parts), AS, number, item.tags)
 
     def _verify(
-        self,
-        headers: Sequence[Header],
-        kind: str,
-        number: int,
-        sig: dict[bytes, bytes],
-        include: list[bytes],
-        header: Header,
+        self, data: bytes, kind: str, number: int, sig: Mapping[bytes, bytes]
     ) -> _Sig:
-        if self._out_of_time(kind, number):
-            return _Sig.UNKNOWN
-        self._lookups.temporary = False
-        sig_header = (
-            message.header_name_bytes(header), message.header_value_bytes(header) + message.CRLF
-        )
-        try:
-            signer = dkim.ARC(message.header_block(headers) + message.CRLF, logger=_DKIMPY_LOG)
-            valid = signer.verify_sig(sig, include, sig_header, self._lookups)
-        except (dkim.DKIMException, ValueError) as exc:
-            # DKIMException: key or format problem (or a header dkimpy cannot parse);
-            # ValueError: undecodable base64, or a signature checked with an Ed25519
-            # key of the wrong size (PyNaCl's ValueError).
-            self.notes[(kind, number)] = _short(exc)
+        """Check b= over the canonical `data` with the key at s=._domainkey.d=."""
+        selector = sig[b"s"].decode("utf-8", "replace").lower()
+        domain = sig[b"d"].decode("utf-8", "replace").lower()
+        key = self._keys.get(selector, domain)
+        if isinstance(key, KeyFailure):
+            if key.result is DkimResult.TEMPERROR:
+                self.notes[(kind, number)] = f"key lookup failed temporarily: {key.reason}"
+                return _Sig.UNKNOWN
+            self.notes[(kind, number)] = key.reason
             return _Sig.INVALID
-        if valid:
+        problem = _key_problem(key)
+        if problem:
+            self.notes[(kind, number)] = problem
+            return _Sig.INVALID
+        try:
+            signature = base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"]))
+        except binascii.Error:
+            self.notes[(kind, number)] = "b= value is not valid base64"
+            return _Sig.INVALID
+        if signature_valid(key, "sha256", signature, data):
             return _Sig.VALID
-        if self._lookups.temporary:
-            self.notes[(kind, number)] = f"key lookup failed temporarily: {self._lookups.error}"
-            return _Sig.UNKNOWN
         self.notes.setdefault((kind, number), "signature did not verify")
         return _Sig.INVALID
 
@@ -593,11 +578,33 @@ class _Checker:
         return self.notes.get((kind, number), "")
 
 
+def _relaxed(header: Header) -> bytes:
+    return relaxed_header(message.header_name_bytes(header), message.header_value_bytes(header))
+
+
+def _key_problem(key: DkimKey) -> str:
+    """Why a key cannot check an ARC signature (a=rsa-sha256), or ""."""
+    if key.key_type != "rsa":
+        return f"key type {key.key_type} does not match a=rsa-sha256"
+    if key.hashes is not None and "sha256" not in key.hashes:
+        return "key h= does not allow sha256"
+    if not key.services & {"*", "email"}:
+        return "key s= does not include email"
+    if key.bits < MIN_KEY_BITS:
+        return f"key too small ({key.bits} bits, minimum {MIN_KEY_BITS})"
+    return ""
+
+
 # --------------------------------------------------------------------------- verifier
 
 
 class ArcVerifier:
-    """ARC chain validation against our resolver.  Stateless between messages."""
+    """ARC chain validation against our resolver.
+
+    The only state kept between messages is the cache of parsed keys (per selector and
+    domain, for the TTL of their DNS answer); pass `keys` to share one `KeyFetcher`
+    with other verifiers that use the same resolver.  Thread-safe.
+    """
 
     method = METHOD
 
@@ -607,10 +614,16 @@ class ArcVerifier:
         *,
         limits: ArcLimits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.monotonic,
+        keys: KeyFetcher | None = None,
+        key_cache_entries: int = KEY_CACHE_ENTRIES,
     ) -> None:
-        self._resolver = resolver
         self._limits = limits
         self._clock = clock
+        self._keys = (
+            keys
+            if keys is not None
+            else KeyFetcher(resolver, monotonic=clock, entries=key_cache_entries)
+        )
 
     def verify(self, transaction: Transaction) -> ArcOutcome:
         """Validate the message's chain (RFC 8617 5.2).  Never raises for bad input."""
@@ -626,7 +639,7 @@ class ArcVerifier:
             newest = _check_structure(sets)
         except _Structure as exc:
             return ArcOutcome(ArcResult.FAIL, str(exc))
-        checker = _Checker(self._resolver, sets, newest, transaction, self._limits, self._clock)
+        checker = _Checker(self._keys, sets, newest, transaction, self._limits, self._clock)
         return _validate(checker, sets, newest)
 
     def check(

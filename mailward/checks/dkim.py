@@ -215,7 +215,7 @@ def _printable(value: bytes | str, limit: int = _MAX_REPORTED) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _strip_b_value(value: bytes) -> bytes:
+def strip_b_value(value: bytes) -> bytes:
     """The signature header value with b='s value (and the white space around it) removed.
 
     RFC 6376 3.7: the value of b= is treated as empty when hashing the header.  Tags are
@@ -483,7 +483,7 @@ class DkimKey:
 
 
 @dataclass(frozen=True)
-class _KeyFailure:
+class KeyFailure:
     result: DkimResult
     problem: DkimProblem
     reason: str
@@ -545,14 +545,57 @@ def _colon_list(value: bytes) -> frozenset[str]:
     ) - {""}
 
 
-class _KeyCache(TtlCache[tuple[str, str], "DkimKey | _KeyFailure"]):
-    """Parsed keys and key failures per (selector, domain), until their TTL."""
+class KeyFetcher:
+    """Parsed key records per (selector, domain), each cached for the TTL of its DNS answer.
+
+    Negative answers and unusable records are cached too (as `KeyFailure`), temporary
+    DNS failures never.  Thread-safe; shareable between verifiers using one resolver.
+    """
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        entries: int = KEY_CACHE_ENTRIES,
+    ) -> None:
+        self._resolver = resolver
+        self._cache: TtlCache[tuple[str, str], DkimKey | KeyFailure] = TtlCache(
+            entries, monotonic
+        )
+
+    def cached(self, selector: str, domain: str) -> DkimKey | KeyFailure | None:
+        """The cached key (or failure) for selector._domainkey.domain, None if not cached."""
+        return self._cache.get((selector, domain))
+
+    def fetch(self, selector: str, domain: str) -> DkimKey | KeyFailure:
+        """Look the key record up in DNS (no cache read) and cache what it gives."""
+        name = f"{selector}._domainkey.{domain}"
+        answer = self._resolver.query(name, "TXT")
+        if answer.outcome is Outcome.TEMPERROR:
+            # Never cached: the next message must see the recovery.
+            return KeyFailure(
+                DkimResult.TEMPERROR, DkimProblem.KEY_DNS,
+                f"key lookup failed: {_printable(answer.error or 'temporary DNS failure', 80)}",
+            )
+        found: DkimKey | KeyFailure
+        if answer.outcome is not Outcome.ANSWER or not answer.txt_strings:
+            found = KeyFailure(DkimResult.PERMERROR, DkimProblem.NO_KEY, "no key for signature")
+        else:
+            found = _first_key(b"".join(strings) for strings in answer.txt_strings)
+        self._cache.put((selector, domain), found, answer.ttl)
+        return found
+
+    def get(self, selector: str, domain: str) -> DkimKey | KeyFailure:
+        """The key (or why there is none), from the cache or else from DNS."""
+        cached = self.cached(selector, domain)
+        return cached if cached is not None else self.fetch(selector, domain)
 
 
 # --------------------------------------------------------------------------- the message
 
 
-class _MessageView:
+class MessageView:
     """One message as the signatures see it; canonical forms are computed once, lazily."""
 
     def __init__(self, transaction: Transaction) -> None:
@@ -631,7 +674,7 @@ class DkimVerifier:
         self._resolver = resolver
         self._settings = settings if settings is not None else DkimVerifySettings()
         self._clock = clock
-        self._keys = _KeyCache(key_cache_entries, monotonic)
+        self._keys = KeyFetcher(resolver, monotonic=monotonic, entries=key_cache_entries)
 
     # -- public API
 
@@ -648,7 +691,7 @@ class DkimVerifier:
         chosen = signatures
         if len(signatures) > cap:
             chosen = self._choose(signatures, message.from_domain(transaction), cap)
-        view = _MessageView(transaction)
+        view = MessageView(transaction)
         now = self._clock()
         outcomes = [self._verify_one(pos, header, view, now) for pos, header in chosen]
         taken = {pos for pos, _ in chosen}
@@ -696,7 +739,7 @@ class DkimVerifier:
     # -- one signature
 
     def _verify_one(
-        self, position: int, header: Header, view: _MessageView, now: float
+        self, position: int, header: Header, view: MessageView, now: float
     ) -> DkimOutcome:
         raw = message.header_value_bytes(header)
         outcome = _reported(position, raw)
@@ -747,7 +790,7 @@ class DkimVerifier:
             )
 
     def _check_content(
-        self, signature: _Signature, key: DkimKey, own: tuple[bytes, bytes], view: _MessageView
+        self, signature: _Signature, key: DkimKey, own: tuple[bytes, bytes], view: MessageView
     ) -> None:
         """Body hash, From count and the signature over the headers, in that order."""
         if not view.truncated:
@@ -763,8 +806,8 @@ class DkimVerifier:
             raise _Problem(
                 DkimResult.FAIL, DkimProblem.UNSIGNED_FROM, "message has an unsigned From field"
             )
-        data = _signed_data(signature, own, view)
-        if not _signature_valid(key, signature, data):
+        data = signed_data(view, signature.signed_headers, signature.header_canon, own)
+        if not signature_valid(key, signature.hash_name, signature.signature, data):
             raise _Problem(DkimResult.FAIL, DkimProblem.SIGNATURE, "signature did not verify")
         if view.truncated:
             raise _Problem(
@@ -774,33 +817,15 @@ class DkimVerifier:
     # -- keys
 
     def _key(self, selector: str, domain: str) -> DkimKey:
-        cache_key = (selector, domain)
-        cached = self._keys.get(cache_key)
+        cached = self._keys.cached(selector, domain)
         if cached is not None:
             metrics.DKIM_KEY_CACHE_LOOKUPS.labels("hit").inc()
         else:
             metrics.DKIM_KEY_CACHE_LOOKUPS.labels("miss").inc()
-            cached = self._fetch_key(selector, domain)
-        if isinstance(cached, _KeyFailure):
+            cached = self._keys.fetch(selector, domain)
+        if isinstance(cached, KeyFailure):
             raise cached.error()
         return cached
-
-    def _fetch_key(self, selector: str, domain: str) -> DkimKey | _KeyFailure:
-        name = f"{selector}._domainkey.{domain}"
-        answer = self._resolver.query(name, "TXT")
-        if answer.outcome is Outcome.TEMPERROR:
-            # Never cached: the next message must see the recovery.
-            return _KeyFailure(
-                DkimResult.TEMPERROR, DkimProblem.KEY_DNS,
-                f"key lookup failed: {_printable(answer.error or 'temporary DNS failure', 80)}",
-            )
-        found: DkimKey | _KeyFailure
-        if answer.outcome is not Outcome.ANSWER or not answer.txt_strings:
-            found = _KeyFailure(DkimResult.PERMERROR, DkimProblem.NO_KEY, "no key for signature")
-        else:
-            found = _first_key(b"".join(strings) for strings in answer.txt_strings)
-        self._keys.put((selector, domain), found, answer.ttl)
-        return found
 
     # -- reporting
 
@@ -825,35 +850,36 @@ class DkimVerifier:
             )
 
 
-def _first_key(records: Iterable[bytes]) -> DkimKey | _KeyFailure:
+def _first_key(records: Iterable[bytes]) -> DkimKey | KeyFailure:
     """The first record that is a usable key; else why the first one is not.
 
     RFC 6376 3.6.2.2 leaves several records at one selector undefined; taking the first
     that parses tolerates an unrelated TXT record next to the key.
     """
-    first: _KeyFailure | None = None
+    first: KeyFailure | None = None
     for record in records:
         try:
             return parse_key_record(record)
         except _Problem as problem:
             if first is None:
-                first = _KeyFailure(problem.result, problem.problem, problem.reason)
+                first = KeyFailure(problem.result, problem.problem, problem.reason)
     assert first is not None
     return first
 
 
-def _signed_data(
-    signature: _Signature, own: tuple[bytes, bytes], view: _MessageView
+def signed_data(
+    view: MessageView, signed_headers: Sequence[bytes], canon: str, own: tuple[bytes, bytes]
 ) -> bytes:
-    """The canonical header data the signature covers (RFC 6376 3.7).
+    """The canonical header data a signature covers (RFC 6376 3.7, RFC 8617 4.1.2).
 
-    The signed headers in h= order, then the DKIM-Signature itself (`own`: its name as
-    written and its value) with b= emptied and without a final CRLF.
+    The headers named in `signed_headers` (lower-case names, h= order, repeated names
+    taken bottom-up, absent ones contributing nothing) in `canon` ("simple" or
+    "relaxed") form, then the signature field itself (`own`: its name as written and
+    its value) with b= emptied and without a final CRLF.
     """
-    canon = signature.header_canon
-    parts = [view.header(index, canon) for index in view.select(signature.signed_headers)]
+    parts = [view.header(index, canon) for index in view.select(signed_headers)]
     name, value = own
-    stripped = _strip_b_value(value)
+    stripped = strip_b_value(value)
     if canon == "simple":
         parts.append(name + b":" + stripped)
     else:
@@ -861,14 +887,15 @@ def _signed_data(
     return b"".join(parts)
 
 
-def _signature_valid(key: DkimKey, signature: _Signature, data: bytes) -> bool:
+def signature_valid(key: DkimKey, hash_name: str, signature: bytes, data: bytes) -> bool:
+    """Does `signature` (b=, decoded) sign `data` with `key`?  `hash_name`: sha256 or sha1
+    (RSA only; Ed25519 always signs the SHA-256 hash, RFC 8463 3)."""
     try:
         if isinstance(key.public_key, RSAPublicKey):
-            algorithm = hashes.SHA256() if signature.hash_name == "sha256" else hashes.SHA1()
-            key.public_key.verify(signature.signature, data, padding.PKCS1v15(), algorithm)
+            algorithm = hashes.SHA256() if hash_name == "sha256" else hashes.SHA1()
+            key.public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
         else:
-            # RFC 8463 3: Ed25519 signs the SHA-256 hash of the canonical header data.
-            key.public_key.verify(signature.signature, hashlib.sha256(data).digest())
+            key.public_key.verify(signature, hashlib.sha256(data).digest())
     except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         return False
     return True

@@ -5,7 +5,8 @@ this function keeps caching, timeouts and metrics in mailward.dns, and keeps DNS
 outcomes meaningful: a temporary failure raises dkimpy's DnsTimeoutError (so the
 signature is `temperror`), while NXDOMAIN/NODATA is "no key" (`permerror`).
 
-Used by DKIM verification and ARC verification alike.
+Used by the DKIM signing and ARC sealing tests to verify with dkimpy; the verifiers
+themselves fetch keys through mailward.checks.dkim.KeyFetcher.
 """
 
 from __future__ import annotations

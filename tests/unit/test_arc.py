@@ -464,6 +464,20 @@ def test_temporary_key_failure_is_temperror_not_fail(
     assert result.properties == ()
 
 
+def test_keys_are_cached_across_messages_but_temporary_failures_are_not(
+    resolver: InMemoryResolver, sealed_two_hops: Transaction
+) -> None:
+    verifier = ArcVerifier(resolver)
+    resolver.fail("arc._domainkey.lists.example")
+    assert verifier.verify(sealed_two_hops).result is ArcResult.TEMPERROR
+    resolver.failing.clear()
+    assert verifier.verify(sealed_two_hops).result is ArcResult.PASS
+    asked = len(resolver.queries)
+    outcome = verifier.verify(sealed_two_hops)
+    assert outcome.result is ArcResult.PASS and outcome.oldest_pass == 1
+    assert len(resolver.queries) == asked  # every key came from the cache
+
+
 def test_temporary_failure_of_the_newest_ams_key(
     resolver: InMemoryResolver, private_key: bytes
 ) -> None:

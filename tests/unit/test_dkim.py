@@ -894,7 +894,7 @@ def test_signature_b_value_inside_other_tags_is_not_touched(keys):
 def test_body_hash_digest_helper_matches_hashlib():
     body = b"x \r\n\r\n"
     txn = Transaction(None, "", (), (Header("From", " a@example.com"),), body=body)
-    view = dkim_check._MessageView(txn)
+    view = dkim_check.MessageView(txn)
     assert view.body_digest("relaxed", "sha256", None) == hashlib.sha256(b"x\r\n").digest()
     assert view.body_digest("simple", "sha256", 2) == hashlib.sha256(b"x ").digest()
     assert view.body_digest("simple", "sha256", 100) is None
