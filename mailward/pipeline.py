@@ -256,8 +256,10 @@ def build_inbound_checks(settings: Settings, resolver: Resolver) -> InboundCheck
         spf = spf_check.SpfCheck(
             resolver, check_helo=settings.spf.helo, receiver=settings.general.authserv_id
         )
-    dkim = dkim_check.DkimVerifier(resolver, settings.dkim.verify) if (
+    # One parsed-key cache for DKIM and ARC: a sender's key serves both.
+    keys = dkim_check.KeyFetcher(resolver)
+    dkim = dkim_check.DkimVerifier(resolver, settings.dkim.verify, keys=keys) if (
         settings.dkim.verify.verify) else None
-    arc = arc_check.ArcVerifier(resolver) if settings.arc.verify else None
+    arc = arc_check.ArcVerifier(resolver, keys=keys) if settings.arc.verify else None
     dmarc = dmarc_check.DmarcEvaluator(resolver, settings.dmarc) if settings.dmarc.enabled else None
     return InboundChecks(spf=spf, iprev=settings.iprev.enabled, dkim=dkim, arc=arc, dmarc=dmarc)

@@ -675,11 +675,14 @@ class DkimVerifier:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         key_cache_entries: int = KEY_CACHE_ENTRIES,
+        keys: KeyFetcher | None = None,
     ) -> None:
         self._resolver = resolver
         self._settings = settings if settings is not None else DkimVerifySettings()
         self._clock = clock
-        self._keys = KeyFetcher(resolver, monotonic=monotonic, entries=key_cache_entries)
+        # `keys` lets the ARC verifier share the parsed-key cache (same DNS, same keys).
+        self._keys = keys if keys is not None else KeyFetcher(
+            resolver, monotonic=monotonic, entries=key_cache_entries)
 
     # -- public API
 
