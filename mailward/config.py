@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mailward.model import Action
+from mailward.model import Action, unmapped
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -181,8 +181,7 @@ class GeneralSettings:
     log_level: LogLevel = LogLevel.INFO
 
     def is_trusted(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = unmapped(address)
         return any(address in network for network in self.trusted_networks)
 
 

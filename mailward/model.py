@@ -16,6 +16,25 @@ from enum import StrEnum
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def unmapped(address: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (::ffff:192.0.2.1) as the IPv4 address it is.
+
+    A dual-stack MTA reports IPv4 clients in mapped form; trusted networks, SPF
+    (RFC 7208 5) and reverse DNS must all treat them as IPv4.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def strip_angle_brackets(address: str) -> str:
+    """An envelope address without the <> the MTA may hand it with ("<>" -> "")."""
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
+
+
 class Action(StrEnum):
     """What the MTA should do with the message."""
 

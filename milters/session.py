@@ -34,6 +34,7 @@ from mailward.model import (
     SmtpReply,
     Transaction,
     Verdict,
+    strip_angle_brackets,
 )
 from mailward.pipeline import Pipeline
 
@@ -157,14 +158,14 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._envelope = _Envelope()
         self._collect_macros()
-        self._envelope.mail_from = mailfrom.strip("<>") if mailfrom else ""
+        self._envelope.mail_from = strip_angle_brackets(mailfrom) if mailfrom else ""
         self._envelope.mail_params = Milter.param2dict(params)
         return CONTINUE
 
     @noreply
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
-        self._envelope.recipients.append(to.strip("<>"))
+        self._envelope.recipients.append(strip_angle_brackets(to))
         return CONTINUE
 
     @noreply

@@ -19,7 +19,7 @@ from enum import StrEnum
 import dns.reversename
 
 from mailward.dns import Outcome, Resolver
-from mailward.model import AuthProperty, AuthResult, IPAddress
+from mailward.model import AuthProperty, AuthResult, IPAddress, unmapped
 
 METHOD = "iprev"
 # RFC 8601 gives no number; like Postfix and OpenDKIM, look at a handful of PTR names only,
@@ -43,8 +43,7 @@ class IprevOutcome:
 
 
 def evaluate_iprev(resolver: Resolver, client_ip: IPAddress) -> IprevOutcome:
-    if isinstance(client_ip, ipaddress.IPv6Address) and client_ip.ipv4_mapped is not None:
-        client_ip = client_ip.ipv4_mapped
+    client_ip = unmapped(client_ip)
     reverse = dns.reversename.from_address(str(client_ip)).to_text(omit_final_dot=True)
     ptr = resolver.query(reverse, "PTR")
     if ptr.outcome is Outcome.TEMPERROR:

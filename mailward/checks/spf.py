@@ -35,7 +35,15 @@ import dns.name
 import spf
 
 from mailward.dns import DnsAnswer, Outcome, Resolver
-from mailward.model import AuthProperty, AuthResult, Connection, IPAddress, Transaction
+from mailward.model import (
+    AuthProperty,
+    AuthResult,
+    Connection,
+    IPAddress,
+    Transaction,
+    strip_angle_brackets,
+    unmapped,
+)
 
 METHOD = "spf"
 RECEIVED_SPF = "Received-SPF"
@@ -135,7 +143,7 @@ def evaluate_spf(
     the MTA reported, and a garbled address is their bug, not the sender's.
     """
     address = normalise_client_ip(client_ip)
-    sender = _strip_brackets(mail_from or "")
+    sender = strip_angle_brackets(mail_from or "")
     if not sender:
         return evaluate_helo(resolver, address, helo, receiver=receiver, limits=limits)
     local, at, domain = sender.rpartition("@")
@@ -182,16 +190,7 @@ def normalise_client_ip(client_ip: IPAddress | str) -> IPAddress:
     as IPv4, so `ip4:` mechanisms and `A` lookups apply.
     """
     address = ipaddress.ip_address(client_ip) if isinstance(client_ip, str) else client_ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _strip_brackets(address: str) -> str:
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1].strip()
-    return address
+    return unmapped(address)
 
 
 def _check_host(

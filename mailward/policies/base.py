@@ -27,7 +27,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from mailward import metrics
 from mailward.config import StateErrorAction
-from mailward.model import IPAddress
+from mailward.model import IPAddress, strip_angle_brackets, unmapped
 from mailward.state import StateUnavailable
 from mailward.ttlcache import TtlCache
 
@@ -128,16 +128,7 @@ def parse_address(value: str) -> IPAddress | None:
         address = ipaddress.ip_address(value.strip())
     except ValueError:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _unbracket(address: str) -> str:
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1].strip()
-    return address
+    return unmapped(address)
 
 
 @dataclass(frozen=True)
@@ -187,8 +178,8 @@ class AccessRequest:
             protocol_name=get("protocol_name", ""),
             helo_name=get("helo_name", "").strip(),
             queue_id=get("queue_id", ""),
-            sender=_unbracket(get("sender", "")),
-            recipient=_unbracket(get("recipient", "")),
+            sender=strip_angle_brackets(get("sender", "")),
+            recipient=strip_angle_brackets(get("recipient", "")),
             recipient_count=_number(get("recipient_count", "")),
             client_address=parse_address(get("client_address", "")),
             client_name=get("client_name", ""),
@@ -305,6 +296,19 @@ def is_outbound(request: AccessRequest, trusted: Callable[[IPAddress], bool]) ->
     if request.authenticated:
         return True
     return request.client_address is not None and trusted(request.client_address)
+
+
+def not_inbound_reason(request: AccessRequest, trusted: Callable[[IPAddress], bool]) -> str:
+    """Why an inbound-only policy (SPF, greylisting) skips this client, or "" if it
+    applies: no client address, a SASL login, or a client in trusted_networks."""
+    client = request.client_address
+    if client is None:
+        return "no client address"
+    if request.authenticated:
+        return "SASL-authenticated client"
+    if trusted(client):
+        return "client in trusted_networks"
+    return ""
 
 
 # --------------------------------------------------------------------------- state errors

@@ -34,6 +34,7 @@ from mailward.policies.base import (
     Steps,
     call,
     dunno,
+    not_inbound_reason,
     skip,
     state_error_decision,
 )
@@ -93,13 +94,11 @@ class GreylistPolicy:
         )
 
     def evaluate(self, request: AccessRequest) -> Steps[PolicyDecision]:
+        exempt = not_inbound_reason(request, self._trusted)
+        if exempt:
+            return skip(NAME, exempt)
         client = request.client_address
-        if client is None:
-            return skip(NAME, "no client address")
-        if request.authenticated:
-            return skip(NAME, "SASL-authenticated client")
-        if self._trusted(client):
-            return skip(NAME, "client in trusted_networks")
+        assert client is not None  # not_inbound_reason() says so otherwise
         if not request.recipient:
             return skip(NAME, "no recipient")
         domain = request.sender_domain

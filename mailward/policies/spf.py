@@ -50,6 +50,7 @@ from mailward.policies.base import (
     Steps,
     TransactionMemo,
     dunno,
+    not_inbound_reason,
     skip,
 )
 from mailward.ttlcache import TtlCache
@@ -231,13 +232,11 @@ class SpfPolicy:
         self.states = frozenset({settings.protocol_state})
 
     def evaluate(self, request: AccessRequest) -> Steps[PolicyDecision]:
+        exempt = not_inbound_reason(request, self._trusted)
+        if exempt:
+            return skip(NAME, exempt)
         client = request.client_address
-        if client is None:
-            return skip(NAME, "no client address")
-        if request.authenticated:
-            return skip(NAME, "SASL-authenticated client")
-        if self._trusted(client):
-            return skip(NAME, "client in trusted_networks")
+        assert client is not None  # not_inbound_reason() says so otherwise
         settings = self._settings
         checks_helo = (settings.helo and bool(request.sender)
                        and lookup_domain(request.helo_name) is not None)
