@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tests.harness.process import (
     HarnessError,
+    LogProblems,
     ManagedProcess,
     free_port,
     read_banner,
@@ -71,7 +72,7 @@ class DovecotInstance:
         self.postmaster_address = postmaster_address
         self.hostname = hostname
         self.sieve_before = list(sieve_before)
-        self.allowed_problems: list[re.Pattern[str]] = []
+        self._problems = LogProblems("dovecot", PROBLEM_PATTERN, self.log_text)
         try:
             account = pwd.getpwnam(mail_user)
         except KeyError:
@@ -327,20 +328,13 @@ plugin {{
 
     def problems(self) -> list[str]:
         """Panic/Fatal lines and Sieve errors that no test declared expected."""
-        return [
-            line
-            for line in self.log_text().splitlines()
-            if PROBLEM_PATTERN.search(line)
-            and not any(allowed.search(line) for allowed in self.allowed_problems)
-        ]
+        return self._problems.found()
 
     def allow_problem(self, pattern: str) -> None:
-        self.allowed_problems.append(re.compile(pattern))
+        self._problems.allow(pattern)
 
     def check_log(self) -> None:
-        found = self.problems()
-        if found:
-            raise HarnessError("dovecot logged errors:\n" + "\n".join(found))
+        self._problems.check()
 
     def _diagnostics(self) -> str:
         return "dovecot log (tail):\n" + tail(self.log_text())

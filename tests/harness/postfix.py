@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from tests.harness.process import (
     HarnessError,
+    LogProblems,
     ManagedProcess,
     free_port,
     read_banner,
@@ -128,7 +129,7 @@ class PostfixInstance:
         self.hostname = hostname
         self.sasl_path = sasl_path
         self.extra_params: dict[str, str] = dict(params or {})
-        self.allowed_problems: list[re.Pattern[str]] = []
+        self._problems = LogProblems("postfix", PROBLEM_PATTERN, self.log_text)
         self._installed = False
         self._process = ManagedProcess(
             "postfix-master",
@@ -356,22 +357,15 @@ class PostfixInstance:
 
     def problems(self) -> list[str]:
         """fatal/panic lines in the log that no test declared expected."""
-        return [
-            line
-            for line in self.log_text().splitlines()
-            if PROBLEM_PATTERN.search(line)
-            and not any(allowed.search(line) for allowed in self.allowed_problems)
-        ]
+        return self._problems.found()
 
     def allow_problem(self, pattern: str) -> None:
         """Declare a fatal/panic log line expected (a test that breaks things on purpose)."""
-        self.allowed_problems.append(re.compile(pattern))
+        self._problems.allow(pattern)
 
     def check_log(self) -> None:
         """Raise HarnessError listing fatal/panic lines, so teardown makes them visible."""
-        found = self.problems()
-        if found:
-            raise HarnessError("postfix logged fatal/panic errors:\n" + "\n".join(found))
+        self._problems.check()
 
     def _diagnostics(self) -> str:
         return ("postfix maillog (tail):\n" + tail(self.log_text())

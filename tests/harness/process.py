@@ -19,6 +19,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -404,6 +405,33 @@ def run(
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return result
+
+
+class LogProblems:
+    """The lines of a daemon's log that mean something broke (fatal, panic, ...), minus
+    those a test declared expected; teardown raises on what is left."""
+
+    def __init__(self, daemon: str, pattern: re.Pattern[str], read: Callable[[], str]) -> None:
+        self._daemon = daemon
+        self._pattern = pattern
+        self._read = read
+        self._allowed: list[re.Pattern[str]] = []
+
+    def found(self) -> list[str]:
+        return [
+            line for line in self._read().splitlines()
+            if self._pattern.search(line)
+            and not any(allowed.search(line) for allowed in self._allowed)
+        ]
+
+    def allow(self, pattern: str) -> None:
+        """Declare a problem line expected (a test that breaks things on purpose)."""
+        self._allowed.append(re.compile(pattern))
+
+    def check(self) -> None:
+        found = self.found()
+        if found:
+            raise HarnessError(f"{self._daemon} logged errors:\n" + "\n".join(found))
 
 
 def tail(text: str, lines: int = 40) -> str:
