@@ -334,10 +334,13 @@ def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
     # Many connections, spread by the kernel over both workers; one answer each.
     for number in range(40):
         assert policy_query(services, request(client_address=f"198.51.100.{number}")) == "DUNNO"
-    serving = {int(pid) for pid in re.findall(
-        r"mailward-policyd\[(\d+)\] INFO mailward policyd listening on unix:",
-        services.log_text("policyd"))}
-    assert workers <= serving
+    # Every worker serves the socket (each says so once it is listening: poll, the
+    # second may still be starting when the first answers).
+    def serving() -> set[int]:
+        return {int(pid) for pid in re.findall(
+            r"mailward-policyd\[(\d+)\] INFO mailward policyd listening on unix:",
+            services.log_text("policyd"))}
+    wait_until(lambda: workers <= serving(), 10, "every worker listening")
     # The supervisor's endpoint sums the workers' metrics.
     assert services.metric_value("mailward_policyd_requests_total",
                                  {"protocol_state": "rcpt"}, service="policyd") == 40.0
