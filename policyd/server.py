@@ -42,7 +42,7 @@ from typing import Any
 
 from mailward import metrics, runtime
 from mailward.config import ConfigError, Settings, SocketKind, load_settings
-from mailward.policy import DUNNO, PROTOCOL_STATES, PolicyAnswer, PolicyEngine
+from mailward.policies.engine import DUNNO, PROTOCOL_STATES, PolicyAnswer, PolicyEngine
 from policyd.codec import PolicyDecoder, PolicyRequest, ProtocolError, encode_response
 
 log = logging.getLogger("mailward.policyd")

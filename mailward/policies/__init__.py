@@ -1,7 +1,7 @@
 """The policies of the policy service, one module each: spf, greylist, ratelimit.
 
 `base` holds what they share (the typed request, decisions, blocking steps); the
-engine that runs them in the configured order is `mailward.policy.PolicyEngine`.
+engine that runs them in the configured order is `mailward.policies.engine.PolicyEngine`.
 """
 
 from mailward.policies.base import (

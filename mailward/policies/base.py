@@ -5,7 +5,7 @@
   we do not know too (`unknown`), so a newer Postfix never breaks us.
 * A policy answers with a `PolicyDecision`: a `Decision` (skip, dunno, prepend, defer,
   reject), the access(5) action text when it has one, and a reason for the log.  The
-  engine (mailward.policy) combines the decisions into the one answer Postfix accepts.
+  engine (mailward.policies.engine) combines the decisions into the one answer Postfix accepts.
 * Policies never block the caller's thread on their own.  `evaluate()` is a generator
   that yields a `Blocking` step for each call that may wait (DNS, the state backend)
   and reads its result after the yield.  The driver decides where the step runs:

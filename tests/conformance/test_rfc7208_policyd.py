@@ -33,7 +33,7 @@ from mailward.config import (
     SocketAddress,
     SocketKind,
 )
-from mailward.policy import PolicyEngine
+from mailward.policies.engine import PolicyEngine
 from policyd.codec import encode_request
 from policyd.server import PolicyServer
 from tests.conformance.test_rfc7208 import CASES, SuiteCase, build_resolver

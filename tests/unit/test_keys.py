@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from mailward import cli
+from mailward.commands.keys import KeyStatus, check_key, run_check
+from mailward.compose import build_pipeline
 from mailward.config import ConfigError, DkimSigningKey, load_settings
 from mailward.dns import InMemoryResolver
-from mailward.keys import KeyStatus, check_key, run_check
 from mailward.signing.dkim import DkimSigner
 from mailward.signing.keys import (
     KeyLoadError,
@@ -374,14 +375,14 @@ def test_broken_key_refuses_the_reload_and_keeps_the_running_keys(
 
     config = write_config(tmp_path)
     settings = load_settings(config)
-    pipeline = cli.build_pipeline(settings)
+    pipeline = build_pipeline(settings)
     assert pipeline.signer is not None
-    service = MilterService(config, settings, cli.build_pipeline)
-    source = ReloadingPipelineSource(config, SharedControl(), cli.build_pipeline, pipeline)
+    service = MilterService(config, settings, build_pipeline)
+    source = ReloadingPipelineSource(config, SharedControl(), build_pipeline, pipeline)
 
     (tmp_path / "example.com.r.key").write_bytes(b"garbage after a bad deploy\n")
     with pytest.raises(KeyLoadError, match=r"example\.com\.r\.key: not a private key"):
-        cli.build_pipeline(load_settings(config))
+        build_pipeline(load_settings(config))
     service._reload()  # the supervisor validates before bumping the generation
     assert service.control.get() == 0
     assert "reload refused" in caplog.text and "example.com.r.key" in caplog.text

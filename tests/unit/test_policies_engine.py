@@ -18,7 +18,7 @@ from mailward.policies.base import (
     call,
     run_inline,
 )
-from mailward.policy import DUNNO, PolicyAnswer, PolicyEngine, build_policies
+from mailward.policies.engine import DUNNO, PolicyAnswer, PolicyEngine, build_policies
 from mailward.state import MemoryStore
 from tests.unit.test_policies_helpers import (
     OUTSIDER,

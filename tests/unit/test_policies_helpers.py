@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from mailward.config import Settings, settings_from_mapping
 from mailward.dns import InMemoryResolver
 from mailward.policies.base import AccessRequest, Blocking, Steps
-from mailward.policy import PolicyEngine
+from mailward.policies.engine import PolicyEngine
 from mailward.state import (
     GreylistOutcome,
     GreylistParams,

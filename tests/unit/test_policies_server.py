@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mailward.config import Settings, load_settings
 from mailward.dns import DnsAnswer, InMemoryResolver
-from mailward.policy import PolicyEngine
+from mailward.policies.engine import PolicyEngine
 from mailward.state import GreylistOutcome, GreylistParams, MemoryStore, StateStore
 from policyd.codec import encode_request
 from policyd.server import PolicyServer

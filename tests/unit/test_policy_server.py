@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from mailward.config import PolicydSettings, Settings, SocketAddress, SocketKind
-from mailward.policy import DUNNO, PolicyAnswer, PolicyEngine
+from mailward.policies.engine import DUNNO, PolicyAnswer, PolicyEngine
 from policyd.codec import encode_request
 from policyd.server import PolicyServer
 

@@ -337,3 +337,11 @@ def run(args: argparse.Namespace, config_default: Path) -> int:
         args.config = config_default
     status: int = args.keys_handler(args)
     return status
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_default: Path) -> None:
+    keys_help = "DKIM key lifecycle: generate a key, show its DNS record, check what is published"
+    keys_parser = commands.add_parser("keys", help=keys_help, description=keys_help)
+    add_subcommands(keys_parser, config_default)
+    keys_parser.set_defaults(handler=lambda args: run(args, config_default))
