@@ -15,45 +15,32 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mailward.configreader import (
+    ConfigError as ConfigError,
+)
+from mailward.configreader import (
+    ConfigProblem as ConfigProblem,
+)
+from mailward.configreader import (
+    IPNetwork,
+    LineLocator,
+    Problems,
+    Table,
+    domain_name,
+    hostname,
+    nameserver,
+    network,
+)
 from mailward.model import Action, unmapped
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 T = TypeVar("T")
 
 DEFAULT_CONFIG_PATH = Path("/etc/mailward/mailward.toml")
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with a configuration file."""
-
-    path: str
-    message: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f" (line {self.line})" if self.line else ""
-        return f"{self.path}: {self.message}{where}" if self.path else f"{self.message}{where}"
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; `problems` lists every reason."""
-
-    def __init__(self, source: str, problems: Iterable[ConfigProblem]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        lines = "\n".join(f"  {problem}" for problem in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} configuration error(s):\n{lines}")
 
 
 # --------------------------------------------------------------------------- value types
@@ -503,206 +490,6 @@ class Settings:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-class _LineLocator:
-    """Finds the line a key was written on, for error messages.
-
-    tomllib does not report positions, so this scans the text: it tracks the current
-    [table] header and records where each `key =` appears.  Good enough to point an
-    admin at the right line; when it cannot tell, the error simply has no line.
-    """
-
-    _TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
-
-    def __init__(self, text: str) -> None:
-        self._lines: dict[str, int] = {}
-        table = ""
-        for number, line in enumerate(text.splitlines(), start=1):
-            if match := self._TABLE.match(line):
-                table = self._normalise(match.group(1))
-                self._lines.setdefault(table, number)
-            elif match := self._KEY.match(line):
-                key = self._normalise(match.group(1))
-                self._lines.setdefault(f"{table}.{key}" if table else key, number)
-
-    @staticmethod
-    def _normalise(dotted: str) -> str:
-        return ".".join(part.strip().strip("\"'") for part in dotted.split("."))
-
-    def line_of(self, path: str) -> int | None:
-        return self._lines.get(re.sub(r"\[\d+\]", "", path))
-
-
-class _Problems:
-    def __init__(self, locator: _LineLocator | None) -> None:
-        self.items: list[ConfigProblem] = []
-        self._locator = locator
-
-    def add(self, path: str, message: str) -> None:
-        line = self._locator.line_of(path) if self._locator else None
-        self.items.append(ConfigProblem(path, message, line))
-
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-
-
-class _Table:
-    """Typed, path-aware access to one TOML table; remembers which keys were read."""
-
-    def __init__(self, data: dict[str, Any], path: str, problems: _Problems) -> None:
-        self._data = data
-        self._path = path
-        self._problems = problems
-        self._seen: set[str] = set()
-
-    def _key_path(self, key: str) -> str:
-        return f"{self._path}.{key}" if self._path else key
-
-    def _raw(self, key: str) -> Any:
-        self._seen.add(key)
-        return self._data.get(key)
-
-    def error(self, key: str, message: str) -> None:
-        self._problems.add(self._key_path(key), message)
-
-    def scalar(self, key: str, kind: type[T], default: T) -> T:
-        value = self._raw(key)
-        if value is None:
-            return default
-        # bool is an int in Python, but `workers = true` is a mistake, not 1.
-        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)  # type: ignore[return-value]
-        if not ok:
-            self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
-            return default
-        return value  # type: ignore[no-any-return]
-
-    def number(
-        self, key: str, kind: type[T], default: T, minimum: float, maximum: float
-    ) -> T:
-        value = self.scalar(key, kind, default)
-        if not minimum <= value <= maximum:  # type: ignore[operator]
-            self.error(key, f"must be between {minimum:g} and {maximum:g}, got {value}")
-            return default
-        return value
-
-    def choice(self, key: str, kind: type[T], default: T) -> T:
-        value = self.scalar(key, str, str(default))
-        try:
-            return kind(value)  # type: ignore[call-arg]
-        except ValueError:
-            allowed = ", ".join(repr(str(member)) for member in kind)  # type: ignore[attr-defined]
-            self.error(key, f"must be one of {allowed}, got {value!r}")
-            return default
-
-    def parsed(self, key: str, parse: Callable[[str], T], default: T) -> T:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, str):
-            self.error(key, f"expected a string, got {_describe(value)}")
-            return default
-        try:
-            return parse(value)
-        except ValueError as exc:
-            self.error(key, str(exc))
-            return default
-
-    def string_list(
-        self, key: str, default: tuple[str, ...], parse: Callable[[str], T] | None = None
-    ) -> tuple[Any, ...]:
-        value = self._raw(key)
-        if value is None:
-            return default
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            self.error(key, f"expected a list of strings, got {_describe(value)}")
-            return default
-        if parse is None:
-            return tuple(value)
-        parsed = []
-        for index, item in enumerate(value):
-            try:
-                parsed.append(parse(item))
-            except ValueError as exc:
-                self.error(f"{key}[{index}]", str(exc))
-        return tuple(parsed)
-
-    def raw_list(self, key: str) -> list[Any]:
-        """An array (of tables, typically): [[dkim.sign.keys]]."""
-        value = self._raw(key)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.error(key, f"expected an array of tables, got {_describe(value)}")
-            return []
-        return value
-
-    def item_table(self, key: str, index: int, item: Any) -> _Table | None:
-        if not isinstance(item, dict):
-            self.error(f"{key}[{index}]", f"expected a table, got {_describe(item)}")
-            return None
-        return _Table(item, self._key_path(f"{key}[{index}]"), self._problems)
-
-    @property
-    def reported(self) -> set[str]:
-        """Keys of this table that already have an error (so "required" is not added)."""
-        prefix = f"{self._path}." if self._path else ""
-        return {
-            problem.path[len(prefix):] for problem in self._problems.items
-            if problem.path.startswith(prefix)
-        }
-
-    def table(self, key: str) -> _Table:
-        value = self._raw(key)
-        if value is None:
-            value = {}
-        elif not isinstance(value, dict):
-            self.error(key, f"expected a table, got {_describe(value)}")
-            value = {}
-        return _Table(value, self._key_path(key), self._problems)
-
-    def finish(self, subtables: Iterable[str] = ()) -> None:
-        """Report every key nobody asked for: in a config file, a typo is an error."""
-        allowed = self._seen | set(subtables)
-        for key in self._data:
-            if key not in allowed:
-                what = "section" if isinstance(self._data[key], dict) else "key"
-                self.error(key, f"unknown {what}")
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
-
-def _network(text: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a network in CIDR form: {exc}") from None
-
-
-def _hostname(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?", text):
-        raise ValueError(f"{text!r} is not a host name")
-    return text
-
-
-def _nameserver(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IP address") from None
-
-
 def _optional_listen(text: str) -> ListenAddress | None:
     return ListenAddress.parse(text) if text else None
 
@@ -710,12 +497,12 @@ def _optional_listen(text: str) -> ListenAddress | None:
 # --------------------------------------------------------------------------- sections
 
 
-def _read_general(table: _Table) -> GeneralSettings:
+def _read_general(table: Table) -> GeneralSettings:
     defaults = GeneralSettings()
     general = GeneralSettings(
-        authserv_id=table.parsed("authserv_id", _hostname, defaults.authserv_id),
+        authserv_id=table.parsed("authserv_id", hostname, defaults.authserv_id),
         trusted_networks=table.string_list(
-            "trusted_networks", defaults.trusted_networks, _network  # type: ignore[arg-type]
+            "trusted_networks", defaults.trusted_networks, network  # type: ignore[arg-type]
         ),
         on_internal_error=table.choice(
             "on_internal_error", InternalErrorAction, defaults.on_internal_error
@@ -726,10 +513,10 @@ def _read_general(table: _Table) -> GeneralSettings:
     return general
 
 
-def _read_dns(table: _Table) -> DnsSettings:
+def _read_dns(table: Table) -> DnsSettings:
     defaults = DnsSettings()
     dns = DnsSettings(
-        nameservers=table.string_list("nameservers", defaults.nameservers, _nameserver),
+        nameservers=table.string_list("nameservers", defaults.nameservers, nameserver),
         port=table.number("port", int, defaults.port, 1, 65535),
         timeout=table.number("timeout", float, defaults.timeout, 0.05, 60.0),
         cache_entries=table.number("cache_entries", int, defaults.cache_entries, 0, 10_000_000),
@@ -751,7 +538,7 @@ def _group_name(text: str) -> str:
     return text
 
 
-def _read_socket_permissions(table: _Table) -> SocketPermissions:
+def _read_socket_permissions(table: Table) -> SocketPermissions:
     defaults = SocketPermissions()
     return SocketPermissions(
         mode=table.parsed("socket_mode", _file_mode, defaults.mode),
@@ -759,7 +546,7 @@ def _read_socket_permissions(table: _Table) -> SocketPermissions:
     )
 
 
-def _read_milter(table: _Table) -> MilterSettings:
+def _read_milter(table: Table) -> MilterSettings:
     defaults = MilterSettings()
     milter = MilterSettings(
         socket=table.parsed("socket", SocketAddress.parse, defaults.socket),
@@ -777,7 +564,7 @@ def _read_milter(table: _Table) -> MilterSettings:
     return milter
 
 
-def _read_policyd(table: _Table) -> PolicydSettings:
+def _read_policyd(table: Table) -> PolicydSettings:
     """[policyd]; its sub-tables ([policyd.spf], ...) have their own readers."""
     defaults = PolicydSettings()
     policyd = PolicydSettings(
@@ -799,7 +586,7 @@ def _read_policyd(table: _Table) -> PolicydSettings:
     return policyd
 
 
-def _policy_order(table: _Table) -> tuple[str, ...]:
+def _policy_order(table: Table) -> tuple[str, ...]:
     """[policyd] order: known names, each once; the ones left out follow in default order."""
     names = table.string_list("order", POLICY_NAMES)
     order: list[str] = []
@@ -814,7 +601,7 @@ def _policy_order(table: _Table) -> tuple[str, ...]:
     return (*order, *(name for name in POLICY_NAMES if name not in order))
 
 
-def _read_metrics(table: _Table) -> MetricsSettings:
+def _read_metrics(table: Table) -> MetricsSettings:
     defaults = MetricsSettings()
     metrics = MetricsSettings(
         listen=table.parsed("listen", _optional_listen, defaults.listen),
@@ -826,7 +613,7 @@ def _read_metrics(table: _Table) -> MetricsSettings:
     return metrics
 
 
-def _read_state(table: _Table) -> StateSettings:
+def _read_state(table: Table) -> StateSettings:
     defaults = StateSettings()
     state = StateSettings(
         backend=table.choice("backend", StateBackend, defaults.backend),
@@ -846,17 +633,7 @@ def _read_state(table: _Table) -> StateSettings:
 POLICYD_SUBTABLES = ("spf", "greylist", "ratelimit")
 
 
-def _domain(text: str) -> str:
-    name = text.rstrip(".").lower()
-    labels = name.split(".")
-    if len(labels) < 2 or not all(
-        re.fullmatch(r"[a-z0-9_](?:[a-z0-9_\-]{0,61}[a-z0-9])?", label) for label in labels
-    ):
-        raise ValueError(f"{text!r} is not a domain name")
-    return name
-
-
-def _read_spf(table: _Table) -> SpfSettings:
+def _read_spf(table: Table) -> SpfSettings:
     defaults = SpfSettings()
     spf = SpfSettings(
         enabled=table.scalar("enabled", bool, defaults.enabled),
@@ -867,7 +644,7 @@ def _read_spf(table: _Table) -> SpfSettings:
     return spf
 
 
-def _read_dkim(table: _Table) -> DkimSettings:
+def _read_dkim(table: Table) -> DkimSettings:
     verify_defaults = DkimVerifySettings()
     verify = DkimVerifySettings(
         verify=table.scalar("verify", bool, verify_defaults.verify),
@@ -885,7 +662,7 @@ def _read_dkim(table: _Table) -> DkimSettings:
     return dkim
 
 
-def _read_dkim_sign(table: _Table) -> DkimSignSettings:
+def _read_dkim_sign(table: Table) -> DkimSignSettings:
     defaults = DkimSignSettings()
     key_directory = Path(table.scalar("key_directory", str, str(defaults.key_directory)))
     if not key_directory.is_absolute():
@@ -896,7 +673,7 @@ def _read_dkim_sign(table: _Table) -> DkimSignSettings:
         key_table = table.item_table("keys", index, item)
         if key_table is None:
             continue
-        domain = key_table.parsed("domain", _domain, "")
+        domain = key_table.parsed("domain", domain_name, "")
         selector = key_table.parsed("selector", _selector, "")
         key_path = key_table.scalar("key", str, "")
         algorithm = key_table.scalar("algorithm", str, "")
@@ -977,7 +754,7 @@ def _sign_pattern(text: str) -> str:
     if at and not local:
         raise ValueError(f"{text!r}: an address needs a local part (or write just the domain)")
     wildcard = not at and domain.startswith("*.")
-    name = _domain(domain[2:] if wildcard else domain)
+    name = domain_name(domain[2:] if wildcard else domain)
     if at:
         return f"{local.lower()}@{name}"
     return f"*.{name}" if wildcard else name
@@ -995,7 +772,7 @@ def _key_reference(text: str) -> tuple[str, str]:
     domain, colon, selector = text.partition(":")
     if not colon:
         raise ValueError(f"{text!r}: name a key as \"domain:selector\"")
-    return _domain(domain), _selector(selector)
+    return domain_name(domain), _selector(selector)
 
 
 def _header_field_name(text: str) -> str:
@@ -1013,21 +790,21 @@ def _selector(text: str) -> str:
     return text
 
 
-def _read_arc(table: _Table) -> ArcSettings:
+def _read_arc(table: Table) -> ArcSettings:
     defaults = ArcSettings()
     arc = ArcSettings(
         verify=table.scalar("verify", bool, defaults.verify),
         seal=table.scalar("seal", bool, defaults.seal),
-        trusted_sealers=table.string_list("trusted_sealers", defaults.trusted_sealers, _domain),
+        trusted_sealers=table.string_list("trusted_sealers", defaults.trusted_sealers, domain_name),
         **_read_arc_seal(table),
     )
     table.finish()
     return arc
 
 
-def _read_arc_seal(table: _Table) -> dict[str, Any]:
+def _read_arc_seal(table: Table) -> dict[str, Any]:
     """The seal_* keys of [arc]; with seal = true, domain, selector and key are required."""
-    domain = table.parsed("seal_domain", _domain, "")
+    domain = table.parsed("seal_domain", domain_name, "")
     selector = table.parsed("seal_selector", _selector, "")
     key = table.scalar("seal_key", str, "")
     if key and not key.startswith("/"):
@@ -1044,7 +821,7 @@ def _read_arc_seal(table: _Table) -> dict[str, Any]:
         "seal_recipients": tuple(
             item.lower() for item in table.string_list("seal_recipients", (), _seal_recipient)
         ),
-        "seal_relays": table.string_list("seal_relays", (), _network),
+        "seal_relays": table.string_list("seal_relays", (), network),
     }
 
 
@@ -1052,17 +829,17 @@ def _seal_recipient(text: str) -> str:
     local, at, domain = text.rpartition("@")
     if at and not local:
         raise ValueError(f"{text!r}: write a domain as example.com, an address as a@example.com")
-    name = _domain(domain)
+    name = domain_name(domain)
     return f"{local}@{name}" if at else name
 
 
-def _read_iprev(table: _Table) -> IprevSettings:
+def _read_iprev(table: Table) -> IprevSettings:
     iprev = IprevSettings(enabled=table.scalar("enabled", bool, IprevSettings().enabled))
     table.finish()
     return iprev
 
 
-def _read_dmarc(table: _Table) -> DmarcSettings:
+def _read_dmarc(table: Table) -> DmarcSettings:
     defaults = DmarcSettings()
     dmarc = DmarcSettings(
         enabled=table.scalar("enabled", bool, defaults.enabled),
@@ -1076,7 +853,7 @@ def _read_dmarc(table: _Table) -> DmarcSettings:
     return dmarc
 
 
-def _read_policyd_spf(table: _Table) -> PolicydSpfSettings:
+def _read_policyd_spf(table: Table) -> PolicydSpfSettings:
     defaults = PolicydSpfSettings()
     spf = PolicydSpfSettings(
         enabled=table.scalar("enabled", bool, defaults.enabled),
@@ -1091,7 +868,7 @@ def _read_policyd_spf(table: _Table) -> PolicydSpfSettings:
     return spf
 
 
-def _protocol_state(table: _Table, default: str, allowed: tuple[str, ...]) -> str:
+def _protocol_state(table: Table, default: str, allowed: tuple[str, ...]) -> str:
     """A policy's `protocol_state`, written as Postfix writes it (any case)."""
     value = table.scalar("protocol_state", str, default).upper()
     if value not in allowed:
@@ -1101,7 +878,7 @@ def _protocol_state(table: _Table, default: str, allowed: tuple[str, ...]) -> st
     return value
 
 
-def _read_policyd_greylist(table: _Table) -> PolicydGreylistSettings:
+def _read_policyd_greylist(table: Table) -> PolicydGreylistSettings:
     defaults = PolicydGreylistSettings()
     greylist = PolicydGreylistSettings(
         enabled=table.scalar("enabled", bool, defaults.enabled),
@@ -1116,7 +893,7 @@ def _read_policyd_greylist(table: _Table) -> PolicydGreylistSettings:
         ipv4_prefix=table.number("ipv4_prefix", int, defaults.ipv4_prefix, 8, 32),
         ipv6_prefix=table.number("ipv6_prefix", int, defaults.ipv6_prefix, 16, 128),
         spf_pass_domains=table.string_list(
-            "spf_pass_domains", defaults.spf_pass_domains, _domain
+            "spf_pass_domains", defaults.spf_pass_domains, domain_name
         ),
     )
     if greylist.retry_window <= greylist.delay:
@@ -1126,7 +903,7 @@ def _read_policyd_greylist(table: _Table) -> PolicydGreylistSettings:
     return greylist
 
 
-def _rate_windows(table: _Table, key: str, default: tuple[RateLimitWindow, ...]
+def _rate_windows(table: Table, key: str, default: tuple[RateLimitWindow, ...]
                   ) -> tuple[RateLimitWindow, ...]:
     """An array of {seconds, limit} tables with distinct lengths."""
     if key not in table._data:  # absent: the default; an empty list is a value
@@ -1155,7 +932,7 @@ def _rate_windows(table: _Table, key: str, default: tuple[RateLimitWindow, ...]
     return tuple(windows)
 
 
-def _read_policyd_ratelimit(table: _Table) -> PolicydRateLimitSettings:
+def _read_policyd_ratelimit(table: Table) -> PolicydRateLimitSettings:
     defaults = PolicydRateLimitSettings()
     by = table.choice("by", RateLimitIdentity, defaults.by)
     windows = _rate_windows(table, "windows", defaults.windows)
@@ -1194,8 +971,8 @@ def settings_from_mapping(
     data: dict[str, Any], source: str = "<mapping>", text: str | None = None
 ) -> Settings:
     """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
-    problems = _Problems(_LineLocator(text) if text is not None else None)
-    root = _Table(data, "", problems)
+    problems = Problems(LineLocator(text) if text is not None else None)
+    root = Table(data, "", problems)
     settings = Settings(
         general=_read_general(root.table("general")),
         dns=_read_dns(root.table("dns")),
