@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -486,7 +487,22 @@ class Settings:
     policyd_spf: PolicydSpfSettings = field(default_factory=PolicydSpfSettings)
     policyd_greylist: PolicydGreylistSettings = field(default_factory=PolicydGreylistSettings)
     policyd_ratelimit: PolicydRateLimitSettings = field(default_factory=PolicydRateLimitSettings)
+    #: The settings of inbound checks that read their own section (by check name);
+    #: see mailward/checks/registry.py.
+    checks: Mapping[str, object] = field(default_factory=lambda: _check_sections(None))
     source: str = "<defaults>"
+
+
+def _check_sections(root: Table | None) -> dict[str, object]:
+    """Each check's own section, read by the check's reader (defaults when root is None).
+
+    Imported here, not at the top: check modules import this module's section types.
+    """
+    from mailward.checks.registry import read_check_sections
+
+    if root is None:
+        root = Table({}, "", Problems(None))
+    return read_check_sections(root)
 
 
 # --------------------------------------------------------------------------- reading
@@ -988,6 +1004,7 @@ def settings_from_mapping(
         policyd_spf=_read_policyd_spf(root.table("policyd").table("spf")),
         policyd_greylist=_read_policyd_greylist(root.table("policyd").table("greylist")),
         policyd_ratelimit=_read_policyd_ratelimit(root.table("policyd").table("ratelimit")),
+        checks=_check_sections(root),
         source=source,
     )
     root.finish()

@@ -142,6 +142,21 @@ DNS_CACHE_LOOKUPS = Counter(
     ["result"],
 )
 
+# --------------------------------------------------------------------------- inbound checks
+
+CHECK_RESULTS = Counter(
+    "mailward_check_results_total",
+    "Inbound checks run, by check and result (the check's bounded result label, or "
+    "\"error\" when the check raised and was reported as temperror).",
+    ["check", "result"],
+)
+CHECK_SECONDS = Histogram(
+    "mailward_check_duration_seconds",
+    "Time one inbound check took for one message, DNS included, by check.",
+    ["check"],
+    buckets=_LATENCY_BUCKETS,
+)
+
 # --------------------------------------------------------------------------- DKIM verify
 
 DKIM_SIGNATURES = Counter(

@@ -9,6 +9,7 @@ the same result.  Adapters build them; the engine only reads them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -193,6 +194,29 @@ class RemoveHeader:
 HeaderEdit = InsertHeader | AppendHeader | RemoveHeader
 
 
+_SYMBOL_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One named finding of a check, with an optional detail for people.
+
+    The name is from a small fixed set per check (it may become a metric label and a
+    scoring key); the detail (a domain, a list's name) is for the log and the
+    X-Spam-Status header only, never a label.
+    """
+
+    name: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if not _SYMBOL_NAME.fullmatch(self.name):
+            raise ValueError(f"symbol name must be UPPER_SNAKE_CASE, got {self.name!r}")
+
+    def __str__(self) -> str:
+        return f"{self.name}({self.detail})" if self.detail else self.name
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the engine decided about one message, and why.
@@ -208,6 +232,7 @@ class Verdict:
     results: tuple[AuthResult, ...] = ()
     direction: Direction = Direction.INBOUND
     reason: str = ""
+    symbols: tuple[Symbol, ...] = ()
 
     def __post_init__(self) -> None:
         if self.action in (Action.REJECT, Action.TEMPFAIL) and self.reply is None:

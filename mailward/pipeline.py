@@ -2,31 +2,31 @@
 
 The pipeline decides the path (inbound mail is verified; mail from trusted networks,
 authenticated users and local submission is outbound and may be signed), runs the
-checks that path needs in dependency order, and turns their typed outcomes into header
-edits and an action.  It never talks to an MTA: adapters hand it values and translate
-the Verdict back.
+inbound checks in the order their declared requirements give (mailward/checks/base.py,
+ordered once by mailward/checks/registry.py), and turns their typed results into header
+edits, symbols and an action.  It never talks to an MTA: adapters hand it values and
+translate the Verdict back.
 
-Checks are composed explicitly rather than through a generic plug-in list, because
-later checks consume earlier ones' typed outcomes (DMARC reads the SPF and DKIM
-outcomes, never their A-R text).  A check that raises is a bug, not a verdict about
-the sender: the exception is logged with its traceback, counted, and the method is
-reported as `temperror`, so the message is neither rejected for our mistake nor let
-through as if it had passed.
+A check that raises is a bug, not a verdict about the sender: the exception is logged
+with its traceback, counted, and the check's methods are reported as `temperror`, so
+the message is neither rejected for our mistake nor let through as if it had passed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol
 
 from mailward import authres, enforcement, metrics
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
-from mailward.checks import iprev as iprev_check
 from mailward.checks import spf as spf_check
+from mailward.checks.base import Check, CheckInput, Results, Symbol
+from mailward.checks.registry import build_checks
 from mailward.config import Settings
 from mailward.dns import Resolver
 from mailward.model import (
@@ -36,7 +36,6 @@ from mailward.model import (
     Direction,
     HeaderEdit,
     InsertHeader,
-    IPAddress,
     SmtpReply,
     Transaction,
     Verdict,
@@ -47,8 +46,6 @@ log = logging.getLogger(__name__)
 
 SIGNING_DEFERRED = SmtpReply("451", "4.7.0", "Message could not be signed, try again later")
 
-T = TypeVar("T")
-
 
 class OutboundSigner(Protocol):
     """Signs outbound mail: returns the header edits (DKIM-Signature, ...) to add.
@@ -58,17 +55,6 @@ class OutboundSigner(Protocol):
     """
 
     def sign(self, connection: Connection, transaction: Transaction) -> Sequence[HeaderEdit]: ...
-
-
-@dataclass(frozen=True)
-class InboundChecks:
-    """The checks of the inbound path; the composition root builds them from settings."""
-
-    spf: spf_check.SpfCheck | None = None
-    iprev: bool = False
-    dkim: dkim_check.DkimVerifier | None = None
-    arc: arc_check.ArcVerifier | None = None
-    dmarc: dmarc_check.DmarcEvaluator | None = None
 
 
 class ArcSealer(Protocol):
@@ -82,37 +68,63 @@ class ArcSealer(Protocol):
 
 
 @dataclass(frozen=True)
-class InboundReport:
-    """What the inbound checks established about one message, as typed outcomes."""
+class CheckRun:
+    """One check's part in one message: its result, or that it raised."""
 
-    iprev: iprev_check.IprevOutcome | None = None
-    spf: tuple[spf_check.SpfOutcome, ...] = ()
-    dkim: tuple[dkim_check.DkimOutcome, ...] | None = None  # None: not checked
-    arc: arc_check.ArcOutcome | None = None
-    dmarc: dmarc_check.DmarcOutcome | None = None
-    client_ip: IPAddress | None = None
-    failed: tuple[str, ...] = ()  # methods whose check raised: reported as temperror
+    check: Check[Any]
+    result: Any = None
+    failed: bool = False
+
+    def auth_results(self, connection: Connection) -> tuple[AuthResult, ...]:
+        if self.failed:
+            return tuple(AuthResult(method, "temperror", reason="internal error")
+                         for method in self.check.auth_methods)
+        return tuple(self.check.auth_results(self.result, connection))
+
+    def symbols(self) -> tuple[Symbol, ...]:
+        if self.failed:
+            return (Symbol("CHECK_ERROR", self.check.name),)
+        return tuple(self.check.symbols(self.result))
+
+
+@dataclass(frozen=True)
+class InboundReport:
+    """What the inbound checks established about one message.
+
+    `runs` are in the order the checks ran (which is the order of their A-R entries);
+    a check that did not apply to the message has no run.  `results` holds the typed
+    results by key for whoever decides next (enforcement, the sealer, scoring).
+    """
+
+    connection: Connection
+    runs: tuple[CheckRun, ...] = ()
+    results: Results = field(default_factory=Results)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        """Names of the checks that raised (reported as temperror)."""
+        return tuple(run.check.name for run in self.runs if run.failed)
+
+    @property
+    def symbols(self) -> tuple[Symbol, ...]:
+        return tuple(symbol for run in self.runs for symbol in run.symbols())
 
     def auth_results(
         self, decision: enforcement.Enforcement = enforcement.ACCEPT
     ) -> tuple[AuthResult, ...]:
-        """A-R results in the conventional order: iprev, spf, dkim, arc, dmarc; a check
-        that raised is reported as temperror in its place."""
-        produced: dict[str, list[AuthResult]] = {
-            iprev_check.METHOD: [iprev_check.auth_result(self.iprev)] if self.iprev else [],
-            spf_check.METHOD: [spf_check.auth_result(outcome) for outcome in self.spf],
-            dkim_check.METHOD: (
-                list(dkim_check.auth_results(self.dkim)) if self.dkim is not None else []),
-            arc_check.METHOD: (
-                [arc_check.auth_result(self.arc, self.client_ip)] if self.arc else []),
-            dmarc_check.METHOD: (
-                [enforcement.annotate(dmarc_check.auth_result(self.dmarc), decision)]
-                if self.dmarc else []),
-        }
-        for method in self.failed:
-            produced[method] = [AuthResult(method, "temperror", reason="internal error")]
-        results = [result for method_results in produced.values() for result in method_results]
+        """A-R results in check order; DMARC's carries what enforcement did with it."""
+        results: list[AuthResult] = []
+        for run in self.runs:
+            for result in run.auth_results(self.connection):
+                if result.method == dmarc_check.METHOD and not run.failed:
+                    result = enforcement.annotate(result, decision)
+                results.append(result)
         return tuple(results)
+
+    def header_edits(self, authserv_id: str) -> tuple[HeaderEdit, ...]:
+        """The checks' own headers (Received-SPF), after Authentication-Results."""
+        return tuple(edit for run in self.runs if not run.failed
+                     for edit in run.check.header_edits(run.result, authserv_id))
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,7 @@ class Pipeline:
 
     settings: Settings
     resolver: Resolver
-    inbound: InboundChecks = field(default_factory=InboundChecks)
+    inbound: tuple[Check[Any], ...] = ()
     signer: OutboundSigner | None = None
     sealer: ArcSealer | None = None
 
@@ -153,82 +165,59 @@ class Pipeline:
             log.info("%s: removing %d forged Authentication-Results claiming %s",
                      transaction.log_id, len(edits), authserv_id)
         report = self.inbound_report(connection, transaction)
+        results = report.results
         decision = enforcement.enforce(
-            self.settings, report.dmarc, report.dkim or (), report.arc,
+            self.settings, results.get(dmarc_check.RESULT), results.get(dkim_check.RESULT) or (),
+            results.get(arc_check.RESULT),
             inputs_failed=bool({spf_check.METHOD, dkim_check.METHOD} & set(report.failed)),
         )
-        results = report.auth_results(decision)
-        edits.append(InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, results)))
-        if self.settings.spf.received_spf and report.spf:
-            value = spf_check.received_spf(report.spf[0], authserv_id)
-            edits.append(InsertHeader(spf_check.RECEIVED_SPF, value))
+        auth_results = report.auth_results(decision)
+        edits.append(
+            InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, auth_results)))
+        edits.extend(report.header_edits(authserv_id))
         edits.extend(decision.header_edits)
         if (self.sealer is not None and decision.action in (Action.ACCEPT, Action.QUARANTINE)
                 and self.sealer.applies(connection, transaction)):
             # Our ARC Set records our own results, and the chain's status as we found it
             # (a failed chain is sealed cv=fail, never extended as if valid).
-            status = report.arc.result.value if report.arc is not None else "none"
-            edits.extend(self.sealer.seal(transaction, results, status))
+            arc = results.get(arc_check.RESULT)
+            status = arc.result.value if arc is not None else "none"
+            edits.extend(self.sealer.seal(transaction, auth_results, status))
         return Verdict(decision.action, reply=decision.reply, header_edits=tuple(edits),
-                       results=results, direction=Direction.INBOUND, reason=decision.reason)
+                       results=auth_results, direction=Direction.INBOUND,
+                       reason=decision.reason, symbols=report.symbols)
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
-        """Run the inbound checks in dependency order; each failure is contained."""
-        checks = self.inbound
-        failed: list[str] = []
-        client_ip = connection.client_ip
-        iprev = None
-        if checks.iprev and client_ip is not None:
-            iprev = self._attempt(
-                iprev_check.METHOD, transaction, failed,
-                lambda: iprev_check.evaluate_iprev(self.resolver, client_ip),
-            )
-        spf: tuple[spf_check.SpfOutcome, ...] = ()
-        if checks.spf is not None and client_ip is not None:
-            spf_checker = checks.spf
-            spf = self._attempt(
-                spf_check.METHOD, transaction, failed,
-                lambda: spf_checker.evaluate(client_ip, connection.helo, transaction.mail_from),
-            ) or ()
-        dkim = None
-        if checks.dkim is not None:
-            verifier = checks.dkim
-            dkim = self._attempt(dkim_check.METHOD, transaction, failed,
-                                 lambda: verifier.verify(transaction))
-        arc = None
-        if checks.arc is not None:
-            arc_verifier = checks.arc
-            arc = self._attempt(arc_check.METHOD, transaction, failed,
-                                lambda: arc_verifier.verify(transaction))
-        dmarc = None
-        if checks.dmarc is not None:
-            evaluator = checks.dmarc
-            # DMARC reads the MAIL FROM outcome (HELO's for a null sender), never the
-            # separate HELO check, and every signature's domain and result.
-            dmarc = self._attempt(
-                dmarc_check.METHOD, transaction, failed,
-                lambda: evaluator.evaluate_transaction(
-                    transaction, spf[0] if spf else None, dkim or ()),
-            )
-            if dmarc is not None:
-                metrics.DMARC_RESULTS.labels(
-                    dmarc.result.value, dmarc.requested_disposition.value).inc()
-        return InboundReport(iprev=iprev, spf=spf, dkim=dkim, arc=arc, dmarc=dmarc,
-                             client_ip=client_ip, failed=tuple(failed))
+        """Run the inbound checks in their order; each failure is contained."""
+        results = Results()
+        runs: list[CheckRun] = []
+        for check in self.inbound:
+            check_input = CheckInput(connection, transaction, results)
+            if not check.applies(check_input):
+                continue
+            run = self._run(check, check_input)
+            runs.append(run)
+            if not run.failed:
+                results = results.with_result(check.produces, run.result)
+        return InboundReport(connection, tuple(runs), results)
 
     @staticmethod
-    def _attempt(
-        method: str, transaction: Transaction, failed: list[str], run: Callable[[], T]
-    ) -> T | None:
+    def _run(check: Check[Any], check_input: CheckInput) -> CheckRun:
+        started = time.perf_counter()
         try:
-            return run()
+            result = check.evaluate(check_input)
+            label = check.metric_result(result)
         except Exception:
             # A bug in one check must not decide the message: log it, count it, and
             # report temperror so DMARC and policy treat it as "could not tell".
-            log.exception("%s: check %s failed", transaction.log_id, method)
-            metrics.ERRORS.labels(f"check_{method}").inc()
-            failed.append(method)
-            return None
+            log.exception("%s: check %s failed", check_input.transaction.log_id, check.name)
+            metrics.ERRORS.labels(f"check_{check.name}").inc()
+            metrics.CHECK_RESULTS.labels(check.name, "error").inc()
+            return CheckRun(check, failed=True)
+        finally:
+            metrics.CHECK_SECONDS.labels(check.name).observe(time.perf_counter() - started)
+        metrics.CHECK_RESULTS.labels(check.name, label).inc()
+        return CheckRun(check, result)
 
     # ------------------------------------------------------------------ outbound
 
@@ -249,17 +238,6 @@ class Pipeline:
         return Verdict(Action.ACCEPT, header_edits=tuple(edits), direction=Direction.OUTBOUND)
 
 
-def build_inbound_checks(settings: Settings, resolver: Resolver) -> InboundChecks:
-    """The inbound checks the configuration asks for."""
-    spf = None
-    if settings.spf.enabled:
-        spf = spf_check.SpfCheck(
-            resolver, check_helo=settings.spf.helo, receiver=settings.general.authserv_id
-        )
-    # One parsed-key cache for DKIM and ARC: a sender's key serves both.
-    keys = dkim_check.KeyFetcher(resolver)
-    dkim = dkim_check.DkimVerifier(resolver, settings.dkim.verify, keys=keys) if (
-        settings.dkim.verify.verify) else None
-    arc = arc_check.ArcVerifier(resolver, keys=keys) if settings.arc.verify else None
-    dmarc = dmarc_check.DmarcEvaluator(resolver, settings.dmarc) if settings.dmarc.enabled else None
-    return InboundChecks(spf=spf, iprev=settings.iprev.enabled, dkim=dkim, arc=arc, dmarc=dmarc)
+def build_inbound_checks(settings: Settings, resolver: Resolver) -> tuple[Check[Any], ...]:
+    """The inbound checks the configuration asks for, in the order they run."""
+    return build_checks(settings, resolver)

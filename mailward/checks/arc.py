@@ -74,6 +74,7 @@ import dkim
 import dkim.util
 
 from mailward import message
+from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.checks.dkim import (
     KEY_CACHE_ENTRIES,
     DkimKey,
@@ -83,6 +84,7 @@ from mailward.checks.dkim import (
     MessageView,
     canonicalize_body,
     relaxed_header,
+    shared_key_fetcher,
     signature_valid,
     signed_data,
     strip_b_value,
@@ -742,3 +744,47 @@ def _printable(text: str) -> str:
 def _short(exc: BaseException, limit: int = 200) -> str:
     text = _printable(str(exc) or type(exc).__name__)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- the inbound check
+
+RESULT: ResultKey[ArcOutcome] = ResultKey("arc")
+
+_SYMBOLS = {
+    ArcResult.PASS: "ARC_VALID",
+    ArcResult.FAIL: "ARC_INVALID",
+    ArcResult.NONE: "ARC_NONE",
+    ArcResult.TEMPERROR: "ARC_TEMPERROR",
+}
+
+
+class InboundArc(Check[ArcOutcome]):
+    """ARC chain validation on the inbound path."""
+
+    name = "arc"
+    produces = RESULT
+    auth_methods = (METHOD,)
+
+    def __init__(self, verifier: ArcVerifier) -> None:
+        self._verifier = verifier
+
+    def evaluate(self, check_input: CheckInput) -> ArcOutcome:
+        return self._verifier.verify(check_input.transaction)
+
+    def auth_results(self, result: ArcOutcome, connection: Connection) -> Sequence[AuthResult]:
+        return (auth_result(result, connection.client_ip),)
+
+    def symbols(self, result: ArcOutcome) -> Sequence[Symbol]:
+        return (Symbol(_SYMBOLS[result.result], ":".join(reversed(result.sealers))),)
+
+    def metric_result(self, result: ArcOutcome) -> str:
+        return result.result.value
+
+
+def _build(context: BuildContext[None]) -> InboundArc | None:
+    if not context.settings.arc.verify:
+        return None
+    return InboundArc(ArcVerifier(context.resolver, keys=shared_key_fetcher(context)))
+
+
+SPEC: CheckSpec[None] = CheckSpec("arc", _build)

@@ -68,6 +68,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -76,6 +77,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from mailward import message, metrics
+from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.checks.dkim_dns import MAX_KEY_RECORD_BYTES
 from mailward.config import DkimVerifySettings
 from mailward.dns import Outcome, Resolver
@@ -959,3 +961,66 @@ def auth_results(outcomes: Sequence[DkimOutcome]) -> tuple[AuthResult, ...]:
     if not outcomes:
         return (AuthResult(METHOD, DkimResult.NONE.value),)
     return tuple(auth_result(outcome) for outcome in outcomes)
+
+
+# --------------------------------------------------------------------------- the inbound check
+
+#: One outcome per DKIM-Signature looked at, in header order; () when unsigned.
+RESULT: ResultKey[tuple[DkimOutcome, ...]] = ResultKey("dkim")
+
+SHARED_KEY_FETCHER = "dkim_key_fetcher"
+
+
+def shared_key_fetcher(context: BuildContext[Any]) -> KeyFetcher:
+    """One parsed-key cache for DKIM and ARC: a sender's key serves both."""
+    return context.shared_object(SHARED_KEY_FETCHER, lambda: KeyFetcher(context.resolver))
+
+
+def _symbol(outcome: DkimOutcome) -> Symbol:
+    if outcome.result is DkimResult.PASS:
+        return Symbol("DKIM_VALID", outcome.domain)
+    if outcome.result is DkimResult.TEMPERROR:
+        return Symbol("DKIM_TEMPERROR", outcome.domain)
+    return Symbol("DKIM_INVALID", outcome.domain)
+
+
+class InboundDkim(Check[tuple[DkimOutcome, ...]]):
+    """DKIM verification on the inbound path (per-signature metrics are the verifier's)."""
+
+    name = "dkim"
+    produces = RESULT
+    auth_methods = (METHOD,)
+
+    def __init__(self, verifier: DkimVerifier) -> None:
+        self._verifier = verifier
+
+    def evaluate(self, check_input: CheckInput) -> tuple[DkimOutcome, ...]:
+        return self._verifier.verify(check_input.transaction)
+
+    def auth_results(
+        self, result: tuple[DkimOutcome, ...], connection: Connection
+    ) -> Sequence[AuthResult]:
+        return auth_results(result)
+
+    def symbols(self, result: tuple[DkimOutcome, ...]) -> Sequence[Symbol]:
+        if not result:
+            return (Symbol("DKIM_NONE"),)
+        return tuple(_symbol(outcome) for outcome in result)
+
+    def metric_result(self, result: tuple[DkimOutcome, ...]) -> str:
+        if not result:
+            return DkimResult.NONE.value
+        if any(outcome.result is DkimResult.PASS for outcome in result):
+            return DkimResult.PASS.value
+        return result[0].result.value
+
+
+def _build(context: BuildContext[None]) -> InboundDkim | None:
+    settings = context.settings.dkim.verify
+    if not settings.verify:
+        return None
+    verifier = DkimVerifier(context.resolver, settings, keys=shared_key_fetcher(context))
+    return InboundDkim(verifier)
+
+
+SPEC: CheckSpec[None] = CheckSpec("dkim", _build)

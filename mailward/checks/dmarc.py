@@ -52,9 +52,13 @@ from email.policy import default as _default_policy
 from enum import StrEnum
 from typing import Protocol
 
+from mailward import metrics
+from mailward.checks import dkim as dkim_check
+from mailward.checks import spf as spf_check
+from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.config import DmarcSettings, MissingFromAction, MultipleFromAction
 from mailward.dns import Outcome, Resolver
-from mailward.model import AuthProperty, AuthResult, Transaction
+from mailward.model import AuthProperty, AuthResult, Connection, Transaction
 from mailward.orgdomain import (
     OrgDomain,
     OrgDomainSource,
@@ -902,3 +906,64 @@ def _failure_reason(alignments: tuple[IdentifierAlignment, ...], could_pass: boo
     if not passed:
         return "SPF and DKIM did not pass"
     return "not aligned: " + ", ".join(f"{a.method} pass for {a.domain}" for a in passed)
+
+
+# --------------------------------------------------------------------------- the inbound check
+
+RESULT: ResultKey[DmarcOutcome] = ResultKey("dmarc")
+
+
+def _symbols(outcome: DmarcOutcome) -> tuple[Symbol, ...]:
+    symbols = [Symbol(f"DMARC_{outcome.result.value.upper()}", outcome.from_domain)]
+    if outcome.result is DmarcResult.FAIL:
+        disposition = outcome.requested_disposition.value.upper()
+        symbols.append(Symbol(f"DMARC_POLICY_{disposition}", outcome.from_domain))
+    if outcome.from_problem is not None:
+        symbols.append(Symbol(f"DMARC_FROM_{outcome.from_problem.value.upper()}"))
+    return tuple(symbols)
+
+
+class InboundDmarc(Check[DmarcOutcome]):
+    """DMARC on the inbound path: reads the SPF and DKIM results, never their A-R text.
+
+    Enforcement (reject, quarantine, the ARC override) is not this check's: it is a
+    decision over several results, made by the pipeline after every check ran.
+    """
+
+    name = "dmarc"
+    produces = RESULT
+    requires = (spf_check.RESULT, dkim_check.RESULT)
+    auth_methods = (METHOD,)
+
+    def __init__(self, evaluator: DmarcEvaluator) -> None:
+        self._evaluator = evaluator
+
+    def evaluate(self, check_input: CheckInput) -> DmarcOutcome:
+        results = check_input.results
+        outcome = self._evaluator.evaluate_transaction(
+            check_input.transaction,
+            spf_check.dmarc_identity(results.get(spf_check.RESULT)),
+            results.get(dkim_check.RESULT) or (),
+        )
+        metrics.DMARC_RESULTS.labels(
+            outcome.result.value, outcome.requested_disposition.value).inc()
+        return outcome
+
+    def auth_results(self, result: DmarcOutcome, connection: Connection) -> Sequence[AuthResult]:
+        return (auth_result(result),)
+
+    def symbols(self, result: DmarcOutcome) -> Sequence[Symbol]:
+        return _symbols(result)
+
+    def metric_result(self, result: DmarcOutcome) -> str:
+        return result.result.value
+
+
+def _build(context: BuildContext[None]) -> InboundDmarc | None:
+    settings = context.settings.dmarc
+    if not settings.enabled:
+        return None
+    return InboundDmarc(DmarcEvaluator(context.resolver, settings))
+
+
+SPEC: CheckSpec[None] = CheckSpec("dmarc", _build)

@@ -13,13 +13,15 @@ sender).  Mail from local submissions (no client address) gets no iprev result.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 import dns.reversename
 
+from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.dns import Outcome, Resolver
-from mailward.model import AuthProperty, AuthResult, IPAddress, unmapped
+from mailward.model import AuthProperty, AuthResult, Connection, IPAddress, unmapped
 
 METHOD = "iprev"
 # RFC 8601 gives no number; like Postfix and OpenDKIM, look at a handful of PTR names only,
@@ -84,3 +86,50 @@ def auth_result(outcome: IprevOutcome) -> AuthResult:
         reason=reason or None,
         properties=(AuthProperty("policy", "iprev", str(outcome.client_ip)),),
     )
+
+
+# --------------------------------------------------------------------------- the check
+
+RESULT: ResultKey[IprevOutcome] = ResultKey("iprev")
+
+_SYMBOLS = {
+    IprevResult.PASS: "IPREV_PASS",
+    IprevResult.FAIL: "IPREV_FAIL",
+    IprevResult.TEMPERROR: "IPREV_TEMPERROR",
+    IprevResult.PERMERROR: "IPREV_PERMERROR",
+}
+
+
+class InboundIprev(Check[IprevOutcome]):
+    """iprev on the inbound path: needs the client address, nothing else."""
+
+    name = "iprev"
+    produces = RESULT
+    auth_methods = (METHOD,)
+
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+
+    def applies(self, check_input: CheckInput) -> bool:
+        return check_input.connection.client_ip is not None
+
+    def evaluate(self, check_input: CheckInput) -> IprevOutcome:
+        client_ip = check_input.connection.client_ip
+        assert client_ip is not None  # applies() said so
+        return evaluate_iprev(self._resolver, client_ip)
+
+    def auth_results(self, result: IprevOutcome, connection: Connection) -> Sequence[AuthResult]:
+        return (auth_result(result),)
+
+    def symbols(self, result: IprevOutcome) -> Sequence[Symbol]:
+        return (Symbol(_SYMBOLS[result.result], result.name),)
+
+    def metric_result(self, result: IprevOutcome) -> str:
+        return result.result.value
+
+
+def _build(context: BuildContext[None]) -> InboundIprev | None:
+    return InboundIprev(context.resolver) if context.settings.iprev.enabled else None
+
+
+SPEC: CheckSpec[None] = CheckSpec("iprev", _build)

@@ -34,11 +34,14 @@ import dns.exception
 import dns.name
 import spf
 
+from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.dns import DnsAnswer, Outcome, Resolver
 from mailward.model import (
     AuthProperty,
     AuthResult,
     Connection,
+    HeaderEdit,
+    InsertHeader,
     IPAddress,
     Transaction,
     strip_angle_brackets,
@@ -549,3 +552,70 @@ class SpfCheck:
             return (AuthResult(METHOD, SpfResult.NONE.value, reason="no client address"),)
         outcomes = self.evaluate(connection.client_ip, connection.helo, transaction.mail_from)
         return tuple(auth_result(outcome) for outcome in outcomes)
+
+
+# --------------------------------------------------------------------------- the inbound check
+
+#: Every identity checked, the MAIL FROM (or a null sender's HELO) first.
+RESULT: ResultKey[tuple[SpfOutcome, ...]] = ResultKey("spf")
+
+
+def dmarc_identity(outcomes: Sequence[SpfOutcome] | None) -> SpfOutcome | None:
+    """The outcome DMARC reads: MAIL FROM's (HELO's for a null sender), never the
+    separate HELO check."""
+    return outcomes[0] if outcomes else None
+
+
+class InboundSpf(Check[tuple[SpfOutcome, ...]]):
+    """SPF on the inbound path; adds Received-SPF when `[spf] received_spf` is on."""
+
+    name = "spf"
+    produces = RESULT
+    auth_methods = (METHOD,)
+
+    def __init__(self, check: SpfCheck, *, received_spf: bool) -> None:
+        self._check = check
+        self._received_spf = received_spf
+
+    def applies(self, check_input: CheckInput) -> bool:
+        return check_input.connection.client_ip is not None
+
+    def evaluate(self, check_input: CheckInput) -> tuple[SpfOutcome, ...]:
+        connection = check_input.connection
+        assert connection.client_ip is not None  # applies() said so
+        return self._check.evaluate(
+            connection.client_ip, connection.helo, check_input.transaction.mail_from)
+
+    def auth_results(
+        self, result: tuple[SpfOutcome, ...], connection: Connection
+    ) -> Sequence[AuthResult]:
+        return tuple(auth_result(outcome) for outcome in result)
+
+    def symbols(self, result: tuple[SpfOutcome, ...]) -> Sequence[Symbol]:
+        return tuple(
+            Symbol(f"SPF_{'HELO_' if outcome.identity is SpfIdentity.HELO else ''}"
+                   f"{outcome.result.value.upper()}", outcome.domain)
+            for outcome in result
+        )
+
+    def header_edits(
+        self, result: tuple[SpfOutcome, ...], authserv_id: str
+    ) -> Sequence[HeaderEdit]:
+        if not self._received_spf or not result:
+            return ()
+        return (InsertHeader(RECEIVED_SPF, received_spf(result[0], authserv_id)),)
+
+    def metric_result(self, result: tuple[SpfOutcome, ...]) -> str:
+        return result[0].result.value if result else "none"
+
+
+def _build(context: BuildContext[None]) -> InboundSpf | None:
+    settings = context.settings
+    if not settings.spf.enabled:
+        return None
+    check = SpfCheck(context.resolver, check_helo=settings.spf.helo,
+                     receiver=settings.general.authserv_id)
+    return InboundSpf(check, received_spf=settings.spf.received_spf)
+
+
+SPEC: CheckSpec[None] = CheckSpec("spf", _build)
