@@ -288,13 +288,14 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
 
     def _log_message(self, verdict: Verdict, elapsed: float) -> None:
         results = ", ".join(f"{r.method}={r.result}" for r in verdict.results) or "none"
+        symbols = ",".join(str(symbol) for symbol in verdict.symbols) or "none"
         envelope = self._envelope
         log.info(
-            "%s: client=%s from=<%s> rcpts=%d size=%d direction=%s action=%s results=%s%s "
-            "duration=%.1fms",
+            "%s: client=%s from=<%s> rcpts=%d size=%d direction=%s action=%s results=%s "
+            "symbols=%s%s duration=%.1fms",
             self.log_id, self._connection.client_label, envelope.mail_from,
             len(envelope.recipients), envelope.body_size, verdict.direction.value,
-            verdict.action.value, results,
+            verdict.action.value, results, symbols,
             f" reason={verdict.reason!r}" if verdict.reason else "",
             elapsed * 1000,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mailward.checks import arc, dkim, dmarc, iprev, spf
+from mailward.checks import arc, dkim, dmarc, iprev, mime, spf
 from mailward.checks.base import BuildContext, Check, CheckSpec
 from mailward.configreader import ConfigError, ConfigProblem
 
@@ -30,6 +30,7 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     dkim.SPEC,
     arc.SPEC,
     dmarc.SPEC,
+    mime.SPEC,
 )
 
 
