@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import authres, enforcement, metrics
+from mailward import authres, dmarc_enforcement, metrics
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
@@ -110,14 +110,14 @@ class InboundReport:
         return tuple(symbol for run in self.runs for symbol in run.symbols())
 
     def auth_results(
-        self, decision: enforcement.Enforcement = enforcement.ACCEPT
+        self, decision: dmarc_enforcement.Enforcement = dmarc_enforcement.ACCEPT
     ) -> tuple[AuthResult, ...]:
         """A-R results in check order; DMARC's carries what enforcement did with it."""
         results: list[AuthResult] = []
         for run in self.runs:
             for result in run.auth_results(self.connection):
                 if result.method == dmarc_check.METHOD and not run.failed:
-                    result = enforcement.annotate(result, decision)
+                    result = dmarc_enforcement.annotate(result, decision)
                 results.append(result)
         return tuple(results)
 
@@ -166,7 +166,7 @@ class Pipeline:
                      transaction.log_id, len(edits), authserv_id)
         report = self.inbound_report(connection, transaction)
         results = report.results
-        decision = enforcement.enforce(
+        decision = dmarc_enforcement.enforce(
             self.settings, results.get(dmarc_check.RESULT), results.get(dkim_check.RESULT) or (),
             results.get(arc_check.RESULT),
             inputs_failed=bool({spf_check.METHOD, dkim_check.METHOD} & set(report.failed)),

@@ -32,7 +32,7 @@ from mailward.model import Action, AppendHeader, AuthResult, HeaderEdit, SmtpRep
 QUARANTINE_HEADER = "X-Mailward-Quarantine"
 
 
-class Outcome(StrEnum):
+class EnforcementOutcome(StrEnum):
     """What enforcement did, for logs and the `mailward_dmarc_enforcement_total` label."""
 
     NOTHING = "nothing"  # no DMARC failure to act on
@@ -50,14 +50,14 @@ class Enforcement:
     """The action for one message and what to add to it."""
 
     action: Action
-    outcome: Outcome
+    outcome: EnforcementOutcome
     reply: SmtpReply | None = None
     header_edits: tuple[HeaderEdit, ...] = ()
     reason: str = ""
     dmarc_note: str = ""  # appended to the dmarc= A-R reason when not empty
 
 
-ACCEPT = Enforcement(Action.ACCEPT, Outcome.NOTHING)
+ACCEPT = Enforcement(Action.ACCEPT, EnforcementOutcome.NOTHING)
 
 
 def enforce(
@@ -93,7 +93,7 @@ def _decide(
     domain = dmarc.from_domain or "the sender's domain"
     if not settings.dmarc.enforce:
         return Enforcement(
-            Action.ACCEPT, Outcome.REPORT_ONLY,
+            Action.ACCEPT, EnforcementOutcome.REPORT_ONLY,
             reason=f"DMARC {dmarc.result} ({disposition}) for {domain} not enforced "
                    "(enforce = false)",
         )
@@ -103,14 +103,14 @@ def _decide(
         return ACCEPT  # a broken record is no policy to enforce
     if dmarc.result is DmarcResult.TEMPERROR or dmarc.rests_on_temperror or inputs_failed:
         return Enforcement(
-            Action.TEMPFAIL, Outcome.TEMPFAIL,
+            Action.TEMPFAIL, EnforcementOutcome.TEMPFAIL,
             reply=SmtpReply("451", "4.7.5",
                             f"DMARC policy of {domain} could not be checked, try again later"),
             reason=f"DMARC {disposition} for {domain} rests on a temporary error",
         )
     if _aligned_signature_unverified(dmarc, dkim):
         return Enforcement(
-            Action.ACCEPT, Outcome.SIZE_EXEMPT,
+            Action.ACCEPT, EnforcementOutcome.SIZE_EXEMPT,
             reason=f"DMARC {disposition} for {domain} not enforced: an aligned DKIM signature "
                    "was too large to verify (milter.max_body_size)",
             dmarc_note="not enforced: message too large to verify",
@@ -118,13 +118,13 @@ def _decide(
     sealer = _vouching_sealer(settings, dmarc, arc)
     if sealer is not None:
         return Enforcement(
-            Action.ACCEPT, Outcome.ARC_OVERRIDE,
+            Action.ACCEPT, EnforcementOutcome.ARC_OVERRIDE,
             reason=f"DMARC {disposition} for {domain} overridden: trusted ARC sealer {sealer}",
             dmarc_note=f"overridden by trusted ARC sealer {sealer}",
         )
     if disposition is Disposition.REJECT:
         return Enforcement(
-            Action.REJECT, Outcome.REJECT,
+            Action.REJECT, EnforcementOutcome.REJECT,
             reply=SmtpReply("550", "5.7.1",
                             f"Message rejected: it fails the DMARC policy of {domain}"),
             reason=f"DMARC reject for {domain}",
@@ -139,7 +139,7 @@ def _from_problem(problem: FromProblem) -> Enforcement:
         FromProblem.INVALID: "the From header cannot be parsed",
     }[problem]
     return Enforcement(
-        Action.REJECT, Outcome.REJECT,
+        Action.REJECT, EnforcementOutcome.REJECT,
         reply=SmtpReply("550", "5.7.1", f"Message rejected: {text} (RFC 5322, DMARC)"),
         reason=f"From header problem: {problem.value}",
     )
@@ -148,9 +148,9 @@ def _from_problem(problem: FromProblem) -> Enforcement:
 def _quarantine(settings: Settings, domain: str) -> Enforcement:
     reason = f"DMARC quarantine for {domain}"
     if settings.dmarc.quarantine.value == "hold":
-        return Enforcement(Action.QUARANTINE, Outcome.QUARANTINE_HOLD, reason=reason)
+        return Enforcement(Action.QUARANTINE, EnforcementOutcome.QUARANTINE_HOLD, reason=reason)
     return Enforcement(
-        Action.ACCEPT, Outcome.QUARANTINE_HEADER,
+        Action.ACCEPT, EnforcementOutcome.QUARANTINE_HEADER,
         header_edits=(AppendHeader(QUARANTINE_HEADER, f"yes (DMARC policy of {domain})"),),
         reason=reason,
     )

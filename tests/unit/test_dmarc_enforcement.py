@@ -16,7 +16,7 @@ from mailward.config import (
     QuarantineMode,
     Settings,
 )
-from mailward.enforcement import QUARANTINE_HEADER, Outcome, annotate, enforce
+from mailward.dmarc_enforcement import QUARANTINE_HEADER, EnforcementOutcome, annotate, enforce
 from mailward.model import Action, AppendHeader, AuthResult
 
 SETTINGS = Settings()
@@ -34,7 +34,7 @@ def arc_chain(sealer: str, aar: str, result: ArcResult = ArcResult.PASS) -> ArcO
     return ArcOutcome(result=result, instances=(instance,), oldest_pass=1)
 
 
-def counted(outcome: Outcome) -> float:
+def counted(outcome: EnforcementOutcome) -> float:
     return REGISTRY.get_sample_value("mailward_dmarc_enforcement_total",
                                      {"outcome": outcome.value}) or 0.0
 
@@ -42,31 +42,31 @@ def counted(outcome: Outcome) -> float:
 def test_nothing_to_do_without_dmarc_or_without_a_failure():
     assert enforce(SETTINGS, None).action is Action.ACCEPT
     passed = DmarcOutcome(result=DmarcResult.PASS, from_domain="example.org")
-    assert enforce(SETTINGS, passed).outcome is Outcome.NOTHING
-    assert enforce(SETTINGS, failing(Disposition.NONE)).outcome is Outcome.NOTHING
+    assert enforce(SETTINGS, passed).outcome is EnforcementOutcome.NOTHING
+    assert enforce(SETTINGS, failing(Disposition.NONE)).outcome is EnforcementOutcome.NOTHING
 
 
 def test_reject_names_the_domain():
-    before = counted(Outcome.REJECT)
+    before = counted(EnforcementOutcome.REJECT)
     decision = enforce(SETTINGS, failing())
     assert decision.action is Action.REJECT
     assert decision.reply is not None
     assert (decision.reply.code, decision.reply.enhanced) == ("550", "5.7.1")
     assert "example.org" in decision.reply.text
-    assert counted(Outcome.REJECT) == before + 1
+    assert counted(EnforcementOutcome.REJECT) == before + 1
 
 
 def test_report_only_never_rejects():
     settings = replace(SETTINGS, dmarc=DmarcSettings(enforce=False))
     decision = enforce(settings, failing())
-    assert (decision.action, decision.outcome) == (Action.ACCEPT, Outcome.REPORT_ONLY)
+    assert (decision.action, decision.outcome) == (Action.ACCEPT, EnforcementOutcome.REPORT_ONLY)
     from_problem = failing(result=DmarcResult.PERMERROR, from_problem=FromProblem.MISSING)
     assert enforce(settings, from_problem).action is Action.ACCEPT
 
 
 def test_quarantine_holds_or_marks_per_configuration():
     hold = enforce(SETTINGS, failing(Disposition.QUARANTINE))
-    assert (hold.action, hold.outcome) == (Action.QUARANTINE, Outcome.QUARANTINE_HOLD)
+    assert (hold.action, hold.outcome) == (Action.QUARANTINE, EnforcementOutcome.QUARANTINE_HOLD)
     settings = replace(SETTINGS, dmarc=DmarcSettings(quarantine=QuarantineMode.HEADER))
     marked = enforce(settings, failing(Disposition.QUARANTINE))
     assert marked.action is Action.ACCEPT
@@ -102,7 +102,7 @@ def test_a_signature_too_large_for_us_to_verify_exempts_the_message():
     too_large = DkimOutcome(result=DkimResult.NEUTRAL, problem=DkimProblem.BODY_TOO_LARGE,
                             domain="mail.example.org", verified=False)
     decision = enforce(SETTINGS, failing(), dkim=[too_large])
-    assert (decision.action, decision.outcome) == (Action.ACCEPT, Outcome.SIZE_EXEMPT)
+    assert (decision.action, decision.outcome) == (Action.ACCEPT, EnforcementOutcome.SIZE_EXEMPT)
     unrelated = replace(too_large, domain="other.example")
     assert enforce(SETTINGS, failing(), dkim=[unrelated]).action is Action.REJECT
 
@@ -112,7 +112,7 @@ def test_trusted_arc_sealer_vouching_for_dmarc_overrides_a_failure():
     chain = arc_chain("lists.example.net",
                       "lists.example.net; dmarc=pass header.from=example.org")
     decision = enforce(settings, failing(), arc=chain)
-    assert (decision.action, decision.outcome) == (Action.ACCEPT, Outcome.ARC_OVERRIDE)
+    assert (decision.action, decision.outcome) == (Action.ACCEPT, EnforcementOutcome.ARC_OVERRIDE)
     assert "lists.example.net" in decision.dmarc_note
     annotated = annotate(AuthResult("dmarc", "fail", reason="no aligned identifier"), decision)
     assert annotated.reason == (
