@@ -41,13 +41,15 @@ def run_check_config(args: argparse.Namespace) -> int:
 
 
 def run_milter(args: argparse.Namespace) -> int:
-    settings = load_or_report(args.config)
-    if settings is None:
-        return 1
-    # Worker processes report metrics through files the supervisor aggregates.
+    # Worker processes report metrics through files the supervisor aggregates.  This
+    # must come first: reading the configuration imports the checks, and with them
+    # prometheus_client, which picks its value storage once, at import.
     metrics_dir = tempfile.mkdtemp(prefix="mailward-milter-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
+        settings = load_or_report(args.config)
+        if settings is None:
+            return 1
         from mailward import runtime
         from mailward.compose import build_pipeline
         from milters.service import MilterService
