@@ -1,0 +1,33 @@
+"""Runs the audit families in order and collects findings and unchecked items.
+
+Order matters: MX first (it finds the hosts), reverse DNS next (the SMTP family
+compares the EHLO name with the PTR), then the records.  A family that raises
+CouldNotCheck stops there; the others still run, so one dead name server does not hide
+the rest of the checklist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from types import ModuleType
+
+from mailward.audit import dkim, dmarc, mx, rdns, smtp, spf, transport
+from mailward.audit.context import AuditContext
+from mailward.audit.findings import AuditReport, CouldNotCheck, Finding, Unchecked
+
+Family = Callable[[AuditContext], Iterator[Finding]]
+
+FAMILIES: tuple[ModuleType, ...] = (mx, rdns, smtp, spf, dkim, dmarc, transport)
+
+
+def run_audit(context: AuditContext) -> AuditReport:
+    findings: list[Finding] = []
+    unchecked: list[Unchecked] = []
+    for module in FAMILIES:
+        family: Family = module.audit
+        try:
+            for finding in family(context):
+                findings.append(finding)
+        except CouldNotCheck as exc:
+            unchecked.append(Unchecked(module.FAMILY, exc.subject, exc.error))
+    return AuditReport(context.domain, tuple(findings), tuple(unchecked))
