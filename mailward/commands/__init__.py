@@ -21,6 +21,8 @@ from typing import Protocol
 COMMAND_MODULES: tuple[str, ...] = (
     "services",
     "keys",
+    "audit",
+    "explain",
 )
 
 

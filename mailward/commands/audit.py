@@ -84,7 +84,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds per SMTP/HTTPS connection (default 5)")
-    parser.add_argument("--smtp-port", type=int, default=25, help="port of the SMTP probe (default 25)")
+    parser.add_argument("--smtp-port", type=int, default=25,
+                        help="port of the SMTP probe (default 25)")
     parser.add_argument("--https-port", type=int, default=443,
                         help="port of the MTA-STS policy fetch (default 443)")
     parser.add_argument("--ca-file", type=Path, default=None,
