@@ -104,7 +104,9 @@ def tls_handshake(sock: socket.socket, name: str, ca_file: Path | None) -> TlsIn
     """Verify the certificate for `name`; on failure, say why (and the version anyway)."""
     try:
         with tls_context(ca_file).wrap_socket(sock, server_hostname=name) as tls:
-            return TlsInfo(True, tls.version() or "", not_after=_not_after(tls.getpeercert()))
+            info = TlsInfo(True, tls.version() or "", not_after=_not_after(tls.getpeercert()))
+            tls.sendall(b"QUIT\r\n")  # polite: the server logs a clean disconnect
+            return info
     except ssl.SSLCertVerificationError as exc:
         return TlsInfo(False, error=exc.verify_message or str(exc))
     except (ssl.SSLError, OSError) as exc:

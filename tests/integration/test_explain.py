@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import dkim
 import pytest
@@ -55,7 +56,7 @@ def signed(pem: bytes, recipient: str, subject: str, body: str = "Hello.\r\n") -
     return signature + message
 
 
-def explain(config: Path, message: Path, *options: str) -> tuple[int, dict, str]:
+def explain(config: Path, message: Path, *options: str) -> tuple[int, dict[str, Any], str]:
     command = [sys.executable, "-m", "mailward", "explain", "-c", str(config), str(message)]
     as_json = subprocess.run([*command, *options, "--json"], capture_output=True, timeout=60)
     as_text = subprocess.run([*command, *options], capture_output=True, timeout=60, text=True)
