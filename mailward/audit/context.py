@@ -31,6 +31,7 @@ class AuditOptions:
     timeout: float = 5.0
     ehlo_name: str = "localhost"
     expiry_warning_days: int = 14
+    dnsbl_zones: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

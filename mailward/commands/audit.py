@@ -61,6 +61,7 @@ def run(args: argparse.Namespace, config_default: Path, out: TextIO | None = Non
         selectors=tuple(args.selector), sending_ips=ips, connect=not args.no_connect,
         smtp_port=args.smtp_port, https_port=args.https_port, ca_file=args.ca_file,
         timeout=args.timeout, ehlo_name=args.ehlo or settings.general.authserv_id,
+        dnsbl_zones=tuple(args.dnsbl),
     )
     report = run_audit(AuditContext(domain, resolver, settings, options))
     out.write(as_json(report) if args.json else as_text(report))
@@ -81,6 +82,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="a sending address to evaluate against SPF (repeatable)")
     parser.add_argument("--no-connect", action="store_true",
                         help="DNS only: no SMTP connections, no MTA-STS policy fetch")
+    parser.add_argument("--dnsbl", action="append", default=[], metavar="ZONE",
+                        help="a DNS blocklist zone to look up each --ip and MX address in "
+                             "(repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds per SMTP/HTTPS connection (default 5)")

@@ -193,6 +193,7 @@ a        IN A   192.0.2.1
 _s       IN TXT "v=spf1 ip4:192.0.2.128/25 exists:nothing.spf.example -all"
 """,
         "reports.example": "",  # exists, but authorizes nobody's reports
+        "bl.example": '1.0.0.127 IN A 127.0.0.2\n1.0.0.127 IN TXT "test listing"\n',
         "0.0.127.in-addr.arpa": f"1 IN PTR {MX}.\n",
     })
 
@@ -356,3 +357,15 @@ def test_dns_outage_is_could_not_check_not_a_finding(stack, zones, config):
     assert document["findings"] == []
     assert {item["family"] for item in document["unchecked"]} >= {"mx", "spf", "dmarc"}
     assert "could not check" in text
+
+
+def test_dnsbl_lists_mx_addresses_and_sending_ips(stack, zones, config):
+    code, document, text = audit(config, stack, DOMAIN, "--no-connect", "--dnsbl", "bl.example",
+                                 "--ip", "198.51.100.7")
+    listed = found(document)["dnsbl.listed"]
+    assert [f["subject"] for f in listed] == ["127.0.0.1 on bl.example"]
+    assert "test listing" in listed[0]["evidence"]
+    assert [f["subject"] for f in found(document)["dnsbl.not_listed"]] == [
+        "198.51.100.7 on bl.example"]
+    assert code == 1
+    assert "[FAIL] 127.0.0.1 on bl.example: listed (127.0.0.2): test listing" in text

@@ -206,3 +206,22 @@ def test_text_output_names_fix_for_failures():
     text = as_text(audit('@ TXT "v=spf1 +all"\n'))
     assert "[FAIL] example.org: +all" in text
     assert "fix: replace +all with -all" in text
+
+
+def test_dnsbl_listing_of_mx_addresses_and_sending_ips():
+    from mailward.audit.dnsbl import query_name
+
+    assert query_name(ipaddress.ip_address("192.0.2.25"), "bl.example") == \
+        "25.2.0.192.bl.example"
+    assert query_name(ipaddress.ip_address("2001:db8::1"), "bl.example").startswith(
+        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.")
+    options = AuditOptions(connect=False, dnsbl_zones=("bl.example",),
+                           sending_ips=(ipaddress.ip_address("198.51.100.1"),))
+    bl = ('25.2.0.192 A 127.0.0.2\n25.2.0.192 TXT "listed for spam"\n'
+          "1.100.51.198 A 127.255.255.254\n")
+    report = audit(GOOD_ZONE, options=options, extra={"bl.example": bl})
+    (listed,) = report.by_code("dnsbl.listed")
+    assert listed.subject == "192.0.2.25 on bl.example"
+    assert "listed for spam" in listed.evidence
+    # 127.255.255.254: the list refused the query, which says nothing about the address.
+    assert [u.family for u in report.unchecked] == ["dnsbl"]
