@@ -24,6 +24,7 @@ from tests.harness.nameserver import txt
 AUTHOR = "explain.example"
 ALLOWED_CLIENT = "192.0.2.10"
 FOREIGN_CLIENT = "203.0.113.7"
+LIST = "list.example"  # a mailing list that ARC-seals what it forwards
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,10 @@ def pem(stack: MailStack) -> bytes:
 @              IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
 _dmarc         IN TXT "v=DMARC1; p=reject"
 s1._domainkey  IN TXT {txt("v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())}
+""",
+        LIST: f"""
+@              IN TXT "v=spf1 ip4:203.0.113.0/24 -all"
+arc._domainkey IN TXT {txt("v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())}
 """,
     })
     return key.private_bytes(serialization.Encoding.PEM,
@@ -66,9 +71,10 @@ def explain(config: Path, message: Path, *options: str) -> tuple[int, dict[str, 
 
 
 def deliver_and_store(stack: MailStack, message: bytes, recipient: str, subject: str,
-                      directory: Path) -> Path:
-    result = stack.send(f"alice@{AUTHOR}", recipient, message, xclient_addr=ALLOWED_CLIENT,
-                        helo=f"mail.{AUTHOR}")
+                      directory: Path, sender: str = f"alice@{AUTHOR}",
+                      client: str = ALLOWED_CLIENT) -> Path:
+    result = stack.send(sender, recipient, message, xclient_addr=client,
+                        helo=f"mail.{sender.rpartition('@')[2]}")
     assert result.accepted, result
     stack.dovecot.wait_for_message(recipient, "INBOX", lambda m: m.get("Subject") == subject,
                                    timeout=20)
@@ -145,3 +151,35 @@ def test_spoofed_message_explains_the_reply_the_milter_really_gave(
     assert document["reply"].split(" ", 2)[2] in result.final[1]
     assert document["dmarc"]["result"] == "fail"
     assert "spoofed From" in document["dmarc"]["cause"]
+
+
+def test_list_post_with_a_trusted_arc_seal_names_the_override(
+        stack, pem, mailward_factory, recipient, tmp_path):
+    services = mailward_factory({"arc": {"trusted_sealers": [LIST]}}, services=["milter"])
+    subject = f"explain list {uuid.uuid4().hex}"
+    original = signed(pem, f"members@{LIST}", subject)
+    # What the list received and recorded, then changed (subject tag, footer), then sealed.
+    modified = original.replace(f"Subject: {subject}".encode(),
+                                f"Subject: [list] {subject}".encode())
+    modified += b"-- \r\nYou are subscribed to members@list.example\r\n"
+    received = (f"Authentication-Results: {LIST}; spf=pass smtp.mailfrom=alice@{AUTHOR};"
+                f" dkim=pass header.d={AUTHOR} header.s=s1; dmarc=pass header.from={AUTHOR}\r\n"
+                ).encode() + modified
+    sealed = b"".join(dkim.arc_sign(received, b"arc", LIST.encode(), pem, LIST.encode())) + (
+        received)
+    path = deliver_and_store(stack, sealed, recipient, f"[list] {subject}", tmp_path,
+                             sender=f"members-bounces@{LIST}", client=FOREIGN_CLIENT)
+    status, document, text = explain(services.config_path, path)
+    assert status == 0
+    assert document["inputs"]["client_ip"] == FOREIGN_CLIENT
+    (signature,) = document["dkim"]
+    assert signature["result"] == "fail"
+    assert "body changed" in signature["cause"]  # the footer: the body hash fails first
+    assert document["arc"].startswith("arc=pass")
+    assert document["arc_seals"] == [
+        {"instance": 1, "domain": LIST, "cv": "none", "trusted": True}]
+    assert document["dmarc"]["result"] == "fail"
+    assert f"trusted ARC sealer {LIST}" in document["reason"]
+    assert document["decided_by"] == "arc.trusted_sealers"
+    assert f"ARC set i=1 sealed by {LIST} cv=none [trusted sealer" in text
+    assert f"by {LIST} [not ours: informational]" in text
