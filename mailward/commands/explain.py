@@ -1,9 +1,10 @@
 """`mailward explain MESSAGE.eml`: re-run the inbound engine on a stored message and
 print why it would end up the way it does.
 
-Exit status: 0 the message would be accepted, 1 it would not (reject, tempfail,
-quarantine, discard), 2 it could not be explained (unreadable file, bad configuration,
-no client address known).
+Exit status: 0 the message would be accepted (or, with --offline, was explained),
+1 it would not be (reject, tempfail, quarantine, discard), 2 it could not be explained
+(unreadable file, bad configuration, no client address known, with --offline no
+Authentication-Results of ours in it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace, config_default: Path, out: TextIO | None = Non
     from mailward.compose import build_pipeline
     from mailward.config import ConfigError, Settings, load_settings
     from mailward.explain.render import as_json, as_text
-    from mailward.explain.trace import ExplainError, derive_inputs, explain
+    from mailward.explain.trace import ExplainError, derive_inputs, explain, explain_recorded
     from mailward.message import transaction_from_bytes
     from mailward.model import Action
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace, config_default: Path, out: TextIO | None = Non
             settings = Settings()
         else:
             settings = load_settings(args.config)
-        pipeline = build_pipeline(settings)
+        pipeline = None if args.offline else build_pipeline(settings)
     except ConfigError as exc:
         print(exc, file=err)
         return 2
@@ -58,12 +59,17 @@ def run(args: argparse.Namespace, config_default: Path, out: TextIO | None = Non
     transaction = transaction_from_bytes(raw, queue_id="explain")
     try:
         inputs = derive_inputs(transaction, client_ip, args.helo, args.mail_from,
-                               settings.general.is_trusted)
+                               settings.general.is_trusted, required=pipeline is not None)
+        if pipeline is None:
+            trace = explain_recorded(settings, transaction, inputs)
+        else:
+            trace = explain(pipeline, settings, transaction, inputs)
     except ExplainError as exc:
         print(f"{args.message}: {exc}", file=err)
         return 2
-    trace = explain(pipeline, settings, transaction, inputs)
     out.write(as_json(trace) if args.json else as_text(trace))
+    if trace.verdict is None:
+        return 0
     return 0 if trace.verdict.action is Action.ACCEPT else 1
 
 
@@ -80,5 +86,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     parser.add_argument("--helo", default=None, help="its HELO name (default: from Received)")
     parser.add_argument("--mail-from", default=None,
                         help="the envelope sender (default: Return-Path)")
+    parser.add_argument("--offline", action="store_true",
+                        help="no DNS, no re-evaluation: explain the results our "
+                             "Authentication-Results recorded at delivery")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=lambda args: run(args, config_default))

@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 
 from mailward.authres import authserv_id_of
 from mailward.message import unfold
-from mailward.model import IPAddress, Transaction
+from mailward.model import AuthProperty, AuthResult, IPAddress, Transaction
 
 _FROM = re.compile(r"\bfrom\s+(\S+)", re.IGNORECASE)
 _BY = re.compile(r"\bby\s+(\S+)", re.IGNORECASE)
@@ -177,3 +177,31 @@ def tag_list(value: str) -> dict[str, str]:
 def _int_tag(value: str, name: str) -> int | None:
     text = tag_list(value).get(name, "")
     return int(text) if text.isdigit() else None
+
+
+def recorded_results(transaction: Transaction, our_id: str) -> tuple[AuthResult, ...] | None:
+    """Our own Authentication-Results as stored at delivery (the topmost one with our
+    authserv-id), as typed results; None if the message has none (or it does not parse).
+
+    This is what `explain --offline` reads: what we decided then, with the DNS of then.
+    """
+    import authres
+
+    for header in transaction.headers:
+        if header.name.lower() != "authentication-results":
+            continue
+        value = " ".join(unfold(header.value).split())
+        if (authserv_id_of(value) or "").lower() != our_id.lower():
+            continue
+        try:
+            parsed = authres.AuthenticationResultsHeader.parse_value(value)
+        except authres.AuthResError:
+            return None
+        return tuple(
+            AuthResult(str(result.method), str(result.result),
+                       str(result.reason) if result.reason else None,
+                       tuple(AuthProperty(str(p.type), str(p.name), str(p.value))
+                             for p in result.properties))
+            for result in parsed.results
+        )
+    return None

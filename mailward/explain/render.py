@@ -61,10 +61,13 @@ def as_text(trace: Explanation) -> str:
                 f"{'aligned' if alignment.aligned else 'not aligned'} with From "
                 f"{trace.from_domain} (relaxed)")
         add(f"    -> {trace.dmarc_cause}")
-    for result in trace.verdict.results:
+    for result in trace.results:
         if result.method not in ("spf", "dkim", "arc", "dmarc"):
             add(f"  {format_result(result)}")
     add("\nsymbols: " + (" ".join(str(s) for s in trace.symbols) or "(none)"))
+    if verdict is None:
+        add("\ndecision: not re-evaluated (--offline); the results above are as recorded")
+        return "\n".join(out) + "\n"
     add(f"\ndecision: {verdict.action}" + (f" ({verdict.reason})" if verdict.reason else ""))
     if verdict.reply is not None:
         add(f"  reply: {verdict.reply}")
@@ -76,7 +79,8 @@ def as_text(trace: Explanation) -> str:
 def as_json(trace: Explanation) -> str:
     verdict = trace.verdict
     document: dict[str, Any] = {
-        "inputs": {"client_ip": str(trace.inputs.client_ip), "helo": trace.inputs.helo,
+        "inputs": {"client_ip": str(trace.inputs.client_ip) if trace.inputs.client_ip
+                   else None, "helo": trace.inputs.helo,
                    "mail_from": trace.inputs.mail_from, "source": trace.inputs.source},
         "notes": list(trace.notes),
         "hops": [{"from": hop.from_name, "client_ip": str(hop.client_ip) if hop.client_ip
@@ -88,7 +92,8 @@ def as_json(trace: Explanation) -> str:
                           for f in trace.found_results],
         "arc_seals": [{"instance": s.instance, "domain": s.domain, "cv": s.cv,
                        "trusted": s.trusted} for s in trace.arc_seals],
-        "results": [format_result(result) for result in verdict.results],
+        "offline": verdict is None,
+        "results": [format_result(result) for result in trace.results],
         "spf": {"results": [format_result(r) for r in trace.spf], "cause": trace.spf_cause},
         "dkim": [{"result": s.result, "reason": s.reason, "cause": s.cause,
                   "domain": s.signature.domain if s.signature else None,
@@ -103,9 +108,9 @@ def as_json(trace: Explanation) -> str:
                                   "passed": a.passed, "aligned": a.aligned}
                                  for a in trace.alignments]},
         "symbols": [{"name": s.name, "detail": s.detail} for s in trace.symbols],
-        "action": str(verdict.action),
-        "reason": verdict.reason,
-        "reply": str(verdict.reply) if verdict.reply else None,
+        "action": str(verdict.action) if verdict else None,
+        "reason": verdict.reason if verdict else None,
+        "reply": str(verdict.reply) if verdict and verdict.reply else None,
         "decided_by": trace.deciding_key,
     }
     return json.dumps(document, indent=2) + "\n"

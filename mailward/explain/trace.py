@@ -42,7 +42,7 @@ class ExplainError(ValueError):
 
 @dataclass(frozen=True)
 class Inputs:
-    client_ip: IPAddress
+    client_ip: IPAddress | None  # None only for --offline on a message without one
     helo: str | None
     mail_from: str
     source: str  # where the client came from: "options" or the Received header used
@@ -50,7 +50,8 @@ class Inputs:
 
 def derive_inputs(transaction: Transaction, client_ip: IPAddress | None, helo: str | None,
                   mail_from: str | None,
-                  is_trusted: Callable[[IPAddress], bool] = lambda _: False) -> Inputs:
+                  is_trusted: Callable[[IPAddress], bool] = lambda _: False,
+                  required: bool = True) -> Inputs:
     """The SMTP facts the milter had: given ones win, the rest from the message.
 
     The client is the newest hop whose client is not trusted (`general.trusted_networks`):
@@ -61,7 +62,7 @@ def derive_inputs(transaction: Transaction, client_ip: IPAddress | None, helo: s
     if client_ip is None or helo is None:
         newest = next((hop for hop in hops(transaction)[::-1]
                        if hop.client_ip is not None and not is_trusted(hop.client_ip)), None)
-        if newest is None and client_ip is None:
+        if newest is None and client_ip is None and required:
             raise ExplainError("no Received header names a client address: give --client-ip")
         if newest is not None:
             if client_ip is None:
@@ -69,7 +70,6 @@ def derive_inputs(transaction: Transaction, client_ip: IPAddress | None, helo: s
                 source = f"Received by {newest.by or '?'} from {newest.from_name or '?'}"
             if helo is None:
                 helo = helo_of(newest)
-    assert client_ip is not None
     if mail_from is None:
         return_path = next((h.value for _, h in transaction.headers_named("Return-Path")), "")
         mail_from = return_path.strip()
@@ -98,7 +98,8 @@ class Explanation:
     hops: tuple[Hop, ...]
     found_results: tuple[ForeignResults, ...]
     arc_seals: tuple[ArcSeal, ...]
-    verdict: Verdict
+    verdict: Verdict | None  # None: --offline, the results are the recorded ones
+    results: tuple[AuthResult, ...]
     spf: tuple[AuthResult, ...]
     spf_cause: str
     signatures: tuple[SignatureTrace, ...]
@@ -114,6 +115,9 @@ class Explanation:
 
 def explain(pipeline: Pipeline, settings: Settings, transaction: Transaction,
             inputs: Inputs) -> Explanation:
+    """Re-evaluate with the milter's engine: the decision it would make now."""
+    if inputs.client_ip is None:
+        raise ExplainError("no client address to evaluate: give --client-ip")
     recipients = transaction.recipients or ("postmaster@localhost",)
     transaction = Transaction(transaction.queue_id, inputs.mail_from, recipients,
                               transaction.headers, transaction.body, transaction.body_size,
@@ -124,7 +128,26 @@ def explain(pipeline: Pipeline, settings: Settings, transaction: Transaction,
         notes.append(f"{inputs.client_ip} is in general.trusted_networks: the message takes "
                      "the outbound path (signed, not verified)")
     verdict = pipeline.evaluate(connection, transaction)
-    results = verdict.results
+    return _assemble(settings, transaction, inputs, verdict.results, verdict, notes)
+
+
+def explain_recorded(settings: Settings, transaction: Transaction,
+                     inputs: Inputs) -> Explanation:
+    """--offline: explain the results we recorded at delivery; no DNS, no decision."""
+    from mailward.explain.headers import recorded_results
+
+    recorded = recorded_results(transaction, settings.general.authserv_id)
+    if recorded is None:
+        raise ExplainError(f"no Authentication-Results by {settings.general.authserv_id} "
+                           "in the message: run without --offline to re-evaluate it")
+    note = (f"offline: the results {settings.general.authserv_id} recorded at delivery, "
+            "not re-evaluated")
+    return _assemble(settings, transaction, inputs, recorded, None, [note])
+
+
+def _assemble(settings: Settings, transaction: Transaction, inputs: Inputs,
+              results: tuple[AuthResult, ...], verdict: Verdict | None,
+              notes: list[str]) -> Explanation:
     spf = tuple(r for r in results if r.method == "spf")
     mailfrom_spf = next((r for r in spf if _prop(r, "smtp", "mailfrom")), spf[0] if spf else None)
     signatures = dkim_signatures(transaction)
@@ -139,6 +162,7 @@ def explain(pipeline: Pipeline, settings: Settings, transaction: Transaction,
         found_results=foreign_results(transaction, settings.general.authserv_id),
         arc_seals=arc_seals(transaction, tuple(settings.arc.trusted_sealers)),
         verdict=verdict,
+        results=results,
         spf=spf,
         spf_cause=causes.spf_cause(mailfrom_spf.result) if mailfrom_spf else "",
         signatures=dkim_traces,
@@ -150,8 +174,8 @@ def explain(pipeline: Pipeline, settings: Settings, transaction: Transaction,
                               for a in alignments),
             any(a.identifier == "dkim" and a.passed and a.aligned for a in alignments),
         ) if dmarc else "",
-        symbols=tuple(getattr(verdict, "symbols", ())),
-        deciding_key=causes.deciding_key(verdict.action, verdict.reason),
+        symbols=verdict.symbols if verdict is not None else (),
+        deciding_key=causes.deciding_key(verdict.action, verdict.reason) if verdict else "",
         from_domain=author,
         notes=tuple(notes),
     )

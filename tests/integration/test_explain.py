@@ -131,6 +131,15 @@ def test_footer_added_after_delivery_is_named_as_a_body_change(
     assert status == 0
     assert document["dmarc"]["result"] == "pass"
     assert document["dmarc"]["cause"].startswith("SPF passed")
+    # Offline, from the results the milter recorded at delivery: the signature passed then,
+    # so the footer came later (after our MX).
+    status, recorded, text = explain(milter.config_path, path, "--offline")
+    assert status == 0
+    assert recorded["offline"] is True and recorded["action"] is None
+    assert [d["result"] for d in recorded["dkim"]] == ["pass"]
+    assert next(r for r in recorded["results"] if r.startswith("dkim=")).startswith(
+        "dkim=pass header.d=explain.example")
+    assert "not re-evaluated (--offline)" in text
 
 
 def test_spoofed_message_explains_the_reply_the_milter_really_gave(

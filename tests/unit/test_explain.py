@@ -19,7 +19,7 @@ from mailward.config import GeneralSettings, Settings
 from mailward.dns import InMemoryResolver
 from mailward.explain.headers import arc_seals, dkim_signatures, foreign_results, hops
 from mailward.explain.render import as_json, as_text
-from mailward.explain.trace import ExplainError, derive_inputs, explain
+from mailward.explain.trace import ExplainError, derive_inputs, explain, explain_recorded
 from mailward.message import transaction_from_bytes
 from mailward.model import Action
 from mailward.pipeline import Pipeline, build_inbound_checks
@@ -165,3 +165,21 @@ def test_arc_sets_and_foreign_results_are_listed():
         ("Authentication-Results", "relay.example.org", False, None),
     ]
     assert dkim_signatures(transaction) == ()
+
+
+def test_offline_explains_our_recorded_results_without_dns():
+    raw = (b"Authentication-Results: mx.example.net; spf=fail smtp.mailfrom=alice@example.com;\r\n"
+           b"\tdkim=fail reason=\"body hash did not verify\" header.d=example.com header.s=sel;\r\n"
+           b"\tdmarc=fail header.from=example.com policy.dmarc=reject\r\n" + BASE)
+    transaction = transaction_from_bytes(raw)
+    inputs = derive_inputs(transaction, None, None, None, SETTINGS.general.is_trusted,
+                           required=False)
+    trace = explain_recorded(SETTINGS, transaction, inputs)
+    assert trace.verdict is None
+    assert [r.method for r in trace.results] == ["spf", "dkim", "dmarc"]
+    (signature,) = trace.signatures
+    assert "body changed after signing" in signature.cause
+    assert "spoofed From" in trace.dmarc_cause
+    assert json.loads(as_json(trace))["offline"] is True
+    with pytest.raises(ExplainError):
+        explain_recorded(SETTINGS, transaction_from_bytes(BASE), inputs)
