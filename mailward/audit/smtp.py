@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from mailward.audit.context import AuditContext, MxHost
-from mailward.audit.findings import CouldNotCheck, Finding, Status
+from mailward.audit.findings import Finding, Status, Unchecked
 from mailward.audit.probe import ProbeError, SmtpProbe, probe_smtp
 
 FAMILY = "smtp"
@@ -22,7 +22,7 @@ def _finding(code: str, status: Status, subject: str, evidence: str, fix: str = 
     return Finding(FAMILY, f"smtp.{code}", status, subject, evidence, fix)
 
 
-def audit(context: AuditContext) -> Iterator[Finding]:
+def audit(context: AuditContext) -> Iterator[Finding | Unchecked]:
     if not context.options.connect:
         return
     options = context.options
@@ -32,7 +32,9 @@ def audit(context: AuditContext) -> Iterator[Finding]:
             probe = probe_smtp(str(address), options.smtp_port, host.name, options.ehlo_name,
                                options.timeout, options.ca_file)
         except ProbeError as exc:
-            raise CouldNotCheck(f"{host.name} port {options.smtp_port}", str(exc)) from exc
+            # This host only: the next MX may answer.
+            yield Unchecked(FAMILY, f"{host.name} port {options.smtp_port}", str(exc))
+            continue
         now = datetime.fromtimestamp(context.clock() if context.clock else time.time(), UTC)
         yield from findings_for(host, probe, context.ptr_names.get(address, ()), now,
                                 options.expiry_warning_days)

@@ -12,7 +12,7 @@ from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 
 from mailward.audit.context import AuditContext
-from mailward.audit.findings import CouldNotCheck, Finding, Status
+from mailward.audit.findings import Finding, Status, Unchecked
 from mailward.audit.probe import ProbeError, https_get
 from mailward.dns import Outcome
 
@@ -68,13 +68,13 @@ def mx_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
-def audit(context: AuditContext) -> Iterator[Finding]:
+def audit(context: AuditContext) -> Iterator[Finding | Unchecked]:
     sts = yield from _audit_mta_sts(context)
     yield from _audit_tlsrpt(context, sts)
     yield from _audit_dane(context)
 
 
-def _audit_mta_sts(context: AuditContext) -> Generator[Finding, None, bool]:
+def _audit_mta_sts(context: AuditContext) -> Generator[Finding | Unchecked, None, bool]:
     domain = context.domain
     name = f"_mta-sts.{domain}"
     records = context.txt_records(name, "v=STSv1") or ()
@@ -97,7 +97,7 @@ def _audit_mta_sts(context: AuditContext) -> Generator[Finding, None, bool]:
     return True
 
 
-def _audit_policy(context: AuditContext) -> Iterator[Finding]:
+def _audit_policy(context: AuditContext) -> Iterator[Finding | Unchecked]:
     host = f"mta-sts.{context.domain}"
     addresses = context.addresses(host)
     url = f"https://{host}{POLICY_PATH}"
@@ -110,7 +110,9 @@ def _audit_policy(context: AuditContext) -> Iterator[Finding]:
         result = https_get(str(addresses[0]), options.https_port, host, POLICY_PATH,
                            options.timeout, options.ca_file)
     except ProbeError as exc:
-        raise CouldNotCheck(url, str(exc)) from exc
+        # The policy only: TLS-RPT and DANE are still checked.
+        yield Unchecked(FAMILY, url, str(exc))
+        return
     if not result.tls.verified:
         yield _finding("mta_sts_certificate", Status.FAIL, url,
                        f"certificate not valid for {host}: {result.tls.error}",

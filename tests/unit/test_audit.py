@@ -225,3 +225,19 @@ def test_dnsbl_listing_of_mx_addresses_and_sending_ips():
     assert "listed for spam" in listed.evidence
     # 127.255.255.254: the list refused the query, which says nothing about the address.
     assert [u.family for u in report.unchecked] == ["dnsbl"]
+
+
+def test_unreachable_servers_are_unchecked_and_the_rest_goes_on():
+    from tests.harness.process import free_port
+
+    port = free_port()  # nothing listens there: connection refused, for SMTP and HTTPS
+    zone = GOOD_ZONE.replace("mx           A   192.0.2.25", "mx A 127.0.0.1\nmta-sts A 127.0.0.1")
+    zone += '_mta-sts TXT "v=STSv1; id=1"\n'
+    options = AuditOptions(smtp_port=port, https_port=port, timeout=2.0)
+    report = audit(zone, options=options, extra={"0.0.127.in-addr.arpa": "1 PTR mx.example.org.\n"})
+    assert [(u.family, u.subject) for u in report.unchecked] == [
+        ("smtp", f"mx.example.org port {port}"),
+        ("transport", "https://mta-sts.example.org/.well-known/mta-sts.txt"),
+    ]
+    assert codes(report)["transport.tlsrpt"] is Status.OK  # checked after the failed fetch
+    assert report.exit_status == ExitStatus.COULD_NOT_CHECK
