@@ -12,6 +12,8 @@ from mailward.configreader import Table, domain_name, hostname
 
 
 def _address(text: str) -> str:
+    if not text:
+        return ""  # unset; required only when enabled
     local, at, domain = text.rpartition("@")
     if not at or not local or any(c in text for c in " \t\r\n<>,;"):
         raise ValueError(f"{text!r} is not an e-mail address")
