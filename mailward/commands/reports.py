@@ -26,6 +26,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
         sub = actions.add_parser(name, help=text)
         add_config_option(sub, config_default)
         sub.add_argument("--domain", help="only this policy domain")
+        sub.add_argument("--now", type=float, default=None, metavar="EPOCH",
+                         help="act as if it were this time (UTC seconds since the epoch): "
+                              "for catching up after an outage, and for tests")
         if name == "preview":
             sub.add_argument("--period", default="today",
                              help="today (default, the day so far), yesterday or YYYY-MM-DD")
@@ -64,14 +67,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: [dmarc_reports] enabled is false", file=sys.stderr)
         return 2
     store = ReportStore(reports.path)
+    now = args.now if args.now is not None else time.time()
     runner = ReportRunner(reports, store, DnsResolver(settings.dns),
                           SmtpTransport(reports.smtp_host, reports.smtp_port,
-                                        reports.smtp_timeout))
+                                        reports.smtp_timeout),
+                          clock=lambda: now)
     domain = args.domain.lower().rstrip(".") if args.domain else None
     try:
         if args.report_action == "preview":
             try:
-                day = parse_period(args.period, time.time())
+                day = parse_period(args.period, now)
             except ValueError as exc:
                 print(exc, file=sys.stderr)
                 return 2

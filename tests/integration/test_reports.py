@@ -1,0 +1,174 @@
+"""DMARC aggregate reports through the whole stack.
+
+Real Postfix + the Mailward milter record what they see; `mailward dmarc-report send`
+hands the reports to the same Postfix over SMTP on loopback, whose milter DKIM-signs
+them (outbound from a trusted network), and Dovecot stores them in the `rua` mailbox.
+nsd serves the senders' zones and the report consumer's `_report._dmarc`
+authorization records.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import gzip
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mailward.checks.dkim_dns import dkim_dnsfunc
+from mailward.config import DnsSettings
+from mailward.dns import DnsResolver
+from mailward.reports.aggregate_xml import NAMESPACE
+from tests.harness import MailStack, build_message
+from tests.harness.nameserver import txt
+from tests.harness.process import wait_until
+from tests.unit.reports_helpers import validate
+
+SENDER = "sender.example"  # authorizes nothing itself; example.net authorizes it
+STRANGER = "stranger.example"  # its rua points at example.net, which does not authorize it
+REPORTER = "example.net"  # our domain: reports come from dmarc-reports@example.net
+GOOD_CLIENT = "192.0.2.10"
+FORGER = "203.0.113.7"
+NS = {"d": NAMESPACE}
+DAY = 86400
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _record(key: rsa.RSAPrivateKey) -> str:
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return txt("v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode())
+
+
+@pytest.fixture(scope="module")
+def world(stack: MailStack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    sender_key = rsa.generate_private_key(65537, 2048)
+    our_key = rsa.generate_private_key(65537, 2048)
+    keys = stack.base_dir / "report-keys"
+    keys.mkdir(mode=0o700)
+    (keys / "example.net.rep.key").write_bytes(_pem(our_key))
+    (keys / "example.net.rep.key").chmod(0o600)
+    rua = stack.unique_address("rua")
+    stranger_rua = stack.unique_address("stranger-rua")
+    stack.dns.set_zones({
+        "example": "", "net": "", "in-addr.arpa": "", "ip6.arpa": "",
+        SENDER: f"""
+@               IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+_dmarc          IN TXT "v=DMARC1; p=none; rua=mailto:{rua}"
+s1._domainkey   IN TXT {_record(sender_key)}
+""",
+        STRANGER: f"""
+@               IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+_dmarc          IN TXT "v=DMARC1; p=none; rua=mailto:{stranger_rua}"
+""",
+        REPORTER: f"""
+@                                 IN TXT "v=spf1 ip4:127.0.0.1 -all"
+_dmarc                            IN TXT "v=DMARC1; p=reject"
+rep._domainkey                    IN TXT {_record(our_key)}
+{SENDER}._report._dmarc           IN TXT "v=DMARC1"
+""",
+    })
+    return {"sender_pem": _pem(sender_key), "keys": keys, "rua": rua,
+            "stranger_rua": stranger_rua}
+
+
+def _config(stack: MailStack, world: dict[str, object]) -> dict[str, object]:
+    return {
+        "dmarc_reports": {
+            "enabled": True, "org_name": "Example Net Mail",
+            "sender": f"dmarc-reports@{REPORTER}",
+            "path": str(stack.base_dir / f"reports-{uuid.uuid4().hex[:6]}.db"),
+            "smtp_port": stack.postfix.smtp_port, "smtp_timeout": 10.0,
+        },
+        "dkim": {"sign": {"key_directory": str(world["keys"]), "keys": [
+            {"domain": REPORTER, "selector": "rep", "key": "example.net.rep.key"}]}},
+    }
+
+
+def _send_report(config_path: Path, now: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailward", "dmarc-report", "send", "-c", str(config_path),
+         "--now", str(now)], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _deliver(stack: MailStack, message: bytes, sender: str, client: str) -> None:
+    recipient = stack.unique_address()
+    result = stack.send(sender, recipient, message, xclient_addr=client, helo="mail.example")
+    assert result.accepted, result
+
+
+def test_reports_are_recorded_sent_signed_valid_and_sent_once(
+        stack, world, mailward_factory, tmp_path):
+    services = mailward_factory(_config(stack, world), services=["milter"])
+    pem = world["sender_pem"]
+    assert isinstance(pem, bytes)
+    for index in range(3):
+        message = build_message(f"alice@{SENDER}", "someone@example.net",
+                                subject=f"good {index}")
+        signature = dkim.sign(message, b"s1", SENDER.encode(), pem,
+                              include_headers=[b"from", b"to", b"subject", b"date"])
+        _deliver(stack, signature + message, f"alice@{SENDER}", GOOD_CLIENT)
+    for index in range(2):
+        _deliver(stack, build_message(f"ceo@{SENDER}", "someone@example.net",
+                                      subject=f"forged {index}"),
+                 "bounce@forger.example", FORGER)
+    _deliver(stack, build_message(f"bob@{STRANGER}", "someone@example.net", subject="x"),
+             f"bob@{STRANGER}", GOOD_CLIENT)
+    wait_until(lambda: services.metric_value("mailward_dmarc_report_records_total",
+                                             {"outcome": "recorded"}) == 6.0,
+               20, "six recorded evaluations")
+
+    tomorrow = time.time() + DAY
+    done = _send_report(services.config_path, tomorrow)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"dropped: {STRANGER}" in done.stdout, done.stdout
+
+    rua = str(world["rua"])
+    raw = wait_until(lambda: next(iter(stack.dovecot.raw_messages(rua)), None), 20,
+                     "the report in the rua mailbox")
+    report = email.message_from_bytes(raw)
+    assert " ".join(str(report["Subject"]).split()).startswith(
+        f"Report Domain: {SENDER} Submitter: {REPORTER} Report-ID: <")
+    (part,) = [p for p in report.walk() if p.get_content_type() == "application/gzip"]
+    filename = str(part.get_filename())
+    assert filename.startswith(f"{REPORTER}!{SENDER}!") and filename.endswith(".xml.gz")
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    xml = gzip.decompress(payload)
+    validate(xml, tmp_path)
+    root = ET.fromstring(xml)
+    rows = [(r.findtext("d:row/d:source_ip", namespaces=NS),
+             int(r.findtext("d:row/d:count", "0", NS)),
+             r.findtext("d:row/d:policy_evaluated/d:disposition", namespaces=NS))
+            for r in root.findall("d:record", NS)]
+    assert sorted(rows) == [(GOOD_CLIENT, 3, "pass"), (FORGER, 2, "none")]
+
+    # Our own signature on the report verifies, with d= aligned to its From: DMARC pass.
+    resolver = DnsResolver(DnsSettings(nameservers=("127.0.0.1",), port=stack.dns.port,
+                                       timeout=2.0))
+    assert dkim.DKIM(raw).verify(dnsfunc=dkim_dnsfunc(resolver))
+    signature = dkim.util.parse_tag_value(
+        report["DKIM-Signature"].replace("\r\n", "").replace("\n", "").encode())
+    assert signature[b"d"] == REPORTER.encode()
+    assert str(report["From"]).endswith(f"@{REPORTER}")
+
+    # The stranger's destination never authorized it: nothing there.
+    assert stack.dovecot.raw_messages(str(world["stranger_rua"])) == []
+
+    again = _send_report(services.config_path, tomorrow)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "sent:" not in again.stdout
+    assert len(stack.dovecot.raw_messages(rua)) == 1
