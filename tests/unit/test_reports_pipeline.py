@@ -9,8 +9,8 @@ from mailward.config import Settings
 from mailward.dns import InMemoryResolver
 from mailward.model import Action, Connection, Header, Transaction
 from mailward.pipeline import Pipeline, build_inbound_checks
-from mailward.reports.records import AppliedDisposition, Observation
 from mailward.reports.recorder import DmarcRecorder
+from mailward.reports.records import AppliedDisposition, Observation
 from mailward.reports.store import ReportStore
 
 ZONES = {
