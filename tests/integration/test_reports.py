@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import dkim
+import parsedmarc  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -155,6 +156,15 @@ def test_reports_are_recorded_sent_signed_valid_and_sent_once(
              r.findtext("d:row/d:policy_evaluated/d:disposition", namespaces=NS))
             for r in root.findall("d:record", NS)]
     assert sorted(rows) == [(GOOD_CLIENT, 3, "pass"), (FORGER, 2, "none")]
+
+    # An independent parser (parsedmarc, offline: no lookups) reads the same report.
+    parsed = parsedmarc.parse_report_file(raw, offline=True, always_use_local_files=True)
+    assert parsed["report_type"] == "aggregate"
+    theirs = parsed["report"]
+    assert theirs["policy_published"]["domain"] == SENDER
+    assert sorted((r["source"]["ip_address"], r["count"]) for r in theirs["records"]) == [
+        (GOOD_CLIENT, 3), (FORGER, 2)]
+    assert all(r["auth_results"]["spf"][0]["scope"] == "mfrom" for r in theirs["records"])
 
     # Our own signature on the report verifies, with d= aligned to its From: DMARC pass.
     resolver = DnsResolver(DnsSettings(nameservers=("127.0.0.1",), port=stack.dns.port,
