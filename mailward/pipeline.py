@@ -176,7 +176,7 @@ class Pipeline:
         if self.recorder is not None:  # never raises: a report never costs mail
             self.recorder.record(connection.client_ip, results.get(dmarc_check.RESULT),
                                  spf_check.dmarc_identity(results.get(spf_check.RESULT)),
-                                 results.get(dkim_check.RESULT) or (), decision)
+                                 results.get(dkim_check.RESULT) or (), decision, transaction)
         auth_results = report.auth_results(decision)
         edits.append(
             InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, auth_results)))

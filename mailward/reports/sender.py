@@ -98,6 +98,7 @@ class ReportRunner:
                 self.sleep(self.settings.pacing_seconds)
             handled += 1
             self._send(report, status, summary)
+        self._send_failure_reports(summary)
         metrics.DMARC_REPORT_ROWS_PENDING.set(self.store.pending_rows())
         purged = self.store.purge(day_of(now) - self.settings.keep_days)
         if purged:
@@ -166,6 +167,43 @@ class ReportRunner:
             delay = self.settings.retry_seconds * 2 ** (attempts - 1)
             self.store.set_status(report.report_id, period,
                                   ReportStatus(ReportState.PENDING, attempts, self.clock() + delay))
+
+    def _send_failure_reports(self, summary: RunSummary) -> None:
+        """Deliver queued failure reports (RFC 9991): authorization as for aggregates."""
+        for queued in self.store.queued_failure_reports(self.settings.max_reports_per_run):
+            what = f"failure report for {queued.policy_domain} to {queued.uri}"
+            destination = parse_destination(queued.uri)
+            attempts = queued.attempts + 1
+            grant = (authorize(self.resolver, destination, queued.policy_domain,
+                               queued.org_domain) if destination is not None
+                     else Authorization.UNAUTHORIZED)
+            if destination is None or grant is Authorization.UNAUTHORIZED:
+                summary.dropped.append(f"{what}: destination not authorized")
+                metrics.DMARC_REPORTS.labels("failure", "dropped").inc()
+                self.store.finish_failure_report(queued.ident, "dropped", attempts)
+                continue
+            if (destination.max_bytes is not None
+                    and len(queued.message) > destination.max_bytes):
+                summary.dropped.append(f"{what}: over the destination's size limit")
+                metrics.DMARC_REPORTS.labels("failure", "dropped").inc()
+                self.store.finish_failure_report(queued.ident, "dropped", attempts)
+                continue
+            try:
+                if grant is Authorization.TEMPORARY_FAILURE:
+                    raise TransportError("DNS error checking authorization", temporary=True)
+                self.transport.send(self.settings.sender, destination.address, queued.message)
+            except TransportError as exc:
+                state = ("queued" if exc.temporary and attempts < self.settings.max_attempts
+                         else "failed")
+                (summary.deferred if state == "queued" else summary.failed).append(
+                    f"{what}: {exc}")
+                metrics.DMARC_REPORTS.labels(
+                    "failure", "deferred" if state == "queued" else "failed").inc()
+                self.store.finish_failure_report(queued.ident, state, attempts)
+                continue
+            summary.sent.append(what)
+            metrics.DMARC_REPORTS.labels("failure", "sent").inc()
+            self.store.finish_failure_report(queued.ident, "sent", attempts)
 
     def _drop(self, report: AggregateReport, uri: str, text: str, summary: RunSummary) -> None:
         log.warning("DMARC report dropped: %s", text)

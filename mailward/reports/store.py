@@ -41,8 +41,11 @@ CREATE TABLE IF NOT EXISTS reports (
 CREATE TABLE IF NOT EXISTS report_deliveries (
     report_id TEXT NOT NULL, uri TEXT NOT NULL, sent_at REAL NOT NULL,
     PRIMARY KEY (report_id, uri));
-CREATE TABLE IF NOT EXISTS failure_reports (
-    destination TEXT NOT NULL, sent_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS failure_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, uri TEXT NOT NULL, policy_domain TEXT NOT NULL,
+    org_domain TEXT NOT NULL, message BLOB NOT NULL, created REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS failure_queue_created ON failure_queue (created);
 """
 
 
@@ -76,6 +79,18 @@ class Period:
     @property
     def end(self) -> int:
         return self.begin + DAY - 1
+
+
+@dataclass(frozen=True)
+class QueuedFailureReport:
+    """A failure report waiting for `dmarc-report send` (id 0 until queued)."""
+
+    uri: str
+    policy_domain: str
+    org_domain: str
+    message: bytes
+    ident: int = 0
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,20 +245,39 @@ class ReportStore:
 
     # ------------------------------------------------------------------ failure reports
 
-    def failure_reports_since(self, since: float, destination: str | None = None) -> int:
+    def queue_failure_report(self, report: QueuedFailureReport, now: float,
+                             per_destination_per_hour: int, total_per_hour: int) -> bool:
+        """Queue one report unless a rate limit says no (checked and queued atomically,
+        across milter workers); True when queued."""
+        since = now - 3600
         with self._transaction() as db:
-            if destination is None:
-                (count,) = db.execute("SELECT COUNT(*) FROM failure_reports WHERE sent_at >= ?",
-                                      (since,)).fetchone()
-            else:
-                (count,) = db.execute(
-                    "SELECT COUNT(*) FROM failure_reports WHERE sent_at >= ? AND destination = ?",
-                    (since, destination)).fetchone()
-        return int(count)
+            (total,) = db.execute("SELECT COUNT(*) FROM failure_queue WHERE created >= ?",
+                                  (since,)).fetchone()
+            (mine,) = db.execute("SELECT COUNT(*) FROM failure_queue WHERE created >= ?"
+                                 " AND uri = ?", (since, report.uri)).fetchone()
+            if total >= total_per_hour or mine >= per_destination_per_hour:
+                return False
+            db.execute("INSERT INTO failure_queue (uri, policy_domain, org_domain, message,"
+                       " created) VALUES (?,?,?,?,?)",
+                       (report.uri, report.policy_domain, report.org_domain, report.message,
+                        now))
+        return True
 
-    def note_failure_report(self, destination: str, now: float) -> None:
+    def queued_failure_reports(self, limit: int) -> list[QueuedFailureReport]:
         with self._transaction() as db:
-            db.execute("INSERT INTO failure_reports VALUES (?, ?)", (destination, now))
+            found = db.execute("SELECT id, uri, policy_domain, org_domain, message, attempts"
+                               " FROM failure_queue WHERE state = 'queued' ORDER BY id LIMIT ?",
+                               (limit,)).fetchall()
+        return [QueuedFailureReport(uri, domain, org, bytes(message), ident, attempts)
+                for ident, uri, domain, org, message, attempts in found]
+
+    def finish_failure_report(self, ident: int, state: str, attempts: int) -> None:
+        """`state`: sent, dropped, failed, or queued again (a temporary problem)."""
+        with self._transaction() as db:
+            # The message itself is no longer needed once the report is done.
+            db.execute("UPDATE failure_queue SET state = ?, attempts = ?,"
+                       " message = CASE WHEN ? = 'queued' THEN message ELSE x'' END"
+                       " WHERE id = ?", (state, attempts, state, ident))
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -255,5 +289,5 @@ class ReportStore:
             db.execute("DELETE FROM report_deliveries WHERE report_id IN"
                        " (SELECT report_id FROM reports WHERE day < ?)", (before_day,))
             db.execute("DELETE FROM reports WHERE day < ?", (before_day,))
-            db.execute("DELETE FROM failure_reports WHERE sent_at < ?", (before_day * DAY,))
+            db.execute("DELETE FROM failure_queue WHERE created < ?", (before_day * DAY,))
         return int(removed)

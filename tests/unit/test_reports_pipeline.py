@@ -48,13 +48,13 @@ def test_an_inbound_message_is_recorded_with_its_spf_and_disposition(tmp_path: P
         ("example.org", "mfrom", "pass")]
 
 
-class BrokenStore:
+class BrokenStore(ReportStore):
     def add(self, observation: Observation, now: float, count: int = 1) -> None:
         raise RuntimeError("disk on fire")
 
 
 def test_a_failing_store_does_not_change_the_verdict():
-    verdict = pipeline(DmarcRecorder(BrokenStore())).evaluate(
+    verdict = pipeline(DmarcRecorder(BrokenStore("/nonexistent/r.db"))).evaluate(
         Connection(ipaddress.ip_address("198.51.100.7")), MESSAGE)
     assert verdict.action is Action.ACCEPT
     assert any("dmarc=pass" in str(edit) for edit in verdict.header_edits)
