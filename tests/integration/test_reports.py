@@ -35,6 +35,7 @@ from tests.harness.process import wait_until
 from tests.unit.reports_helpers import validate
 
 SENDER = "sender.example"  # authorizes nothing itself; example.net authorizes it
+FAILING = "failing.example"  # asks for failure reports (ruf=) at example.net
 STRANGER = "stranger.example"  # its rua points at example.net, which does not authorize it
 REPORTER = "example.net"  # our domain: reports come from dmarc-reports@example.net
 GOOD_CLIENT = "192.0.2.10"
@@ -64,35 +65,44 @@ def world(stack: MailStack, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     (keys / "example.net.rep.key").chmod(0o600)
     rua = stack.unique_address("rua")
     stranger_rua = stack.unique_address("stranger-rua")
+    sender_ruf = stack.unique_address("sender-ruf")
+    ruf = stack.unique_address("ruf")
     stack.dns.set_zones({
         "example": "", "net": "", "in-addr.arpa": "", "ip6.arpa": "",
         SENDER: f"""
 @               IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
-_dmarc          IN TXT "v=DMARC1; p=none; rua=mailto:{rua}"
+_dmarc          IN TXT "v=DMARC1; p=none; rua=mailto:{rua}; ruf=mailto:{sender_ruf}"
 s1._domainkey   IN TXT {_record(sender_key)}
 """,
         STRANGER: f"""
 @               IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
 _dmarc          IN TXT "v=DMARC1; p=none; rua=mailto:{stranger_rua}"
 """,
+        FAILING: f"""
+@               IN TXT "v=spf1 ip4:192.0.2.0/24 -all"
+_dmarc          IN TXT "v=DMARC1; p=none; fo=1; ruf=mailto:{ruf}"
+""",
         REPORTER: f"""
 @                                 IN TXT "v=spf1 ip4:127.0.0.1 -all"
 _dmarc                            IN TXT "v=DMARC1; p=reject"
 rep._domainkey                    IN TXT {_record(our_key)}
 {SENDER}._report._dmarc           IN TXT "v=DMARC1"
+{FAILING}._report._dmarc          IN TXT "v=DMARC1"
 """,
     })
     return {"sender_pem": _pem(sender_key), "keys": keys, "rua": rua,
-            "stranger_rua": stranger_rua}
+            "stranger_rua": stranger_rua, "sender_ruf": sender_ruf, "ruf": ruf}
 
 
-def _config(stack: MailStack, world: dict[str, object]) -> dict[str, object]:
+def _config(stack: MailStack, world: dict[str, object],
+            failure: dict[str, object] | None = None) -> dict[str, object]:
     return {
         "dmarc_reports": {
             "enabled": True, "org_name": "Example Net Mail",
             "sender": f"dmarc-reports@{REPORTER}",
             "path": str(stack.base_dir / f"reports-{uuid.uuid4().hex[:6]}.db"),
             "smtp_port": stack.postfix.smtp_port, "smtp_timeout": 10.0,
+            "failure": failure or {},
         },
         "dkim": {"sign": {"key_directory": str(world["keys"]), "keys": [
             {"domain": REPORTER, "selector": "rep", "key": "example.net.rep.key"}]}},
@@ -175,10 +185,48 @@ def test_reports_are_recorded_sent_signed_valid_and_sent_once(
     assert signature[b"d"] == REPORTER.encode()
     assert str(report["From"]).endswith(f"@{REPORTER}")
 
-    # The stranger's destination never authorized it: nothing there.
+    # The stranger's destination never authorized it: nothing there.  Failure reports
+    # are off by default: the forgeries got none, although the policy has ruf=.
     assert stack.dovecot.raw_messages(str(world["stranger_rua"])) == []
+    assert stack.dovecot.raw_messages(str(world["sender_ruf"])) == []
 
     again = _send_report(services.config_path, tomorrow)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "sent:" not in again.stdout
     assert len(stack.dovecot.raw_messages(rua)) == 1
+
+
+def test_failure_reports_one_per_failing_message_up_to_the_rate_limit(
+        stack, world, mailward_factory):
+    config = _config(stack, world, failure={"enabled": True, "per_destination_per_hour": 2})
+    services = mailward_factory(config, services=["milter"])
+    for index in range(3):
+        _deliver(stack, build_message(f"boss@{FAILING}", "someone@example.net",
+                                      subject=f"forged {index}"),
+                 "bounce@forger.example", FORGER)
+    wait_until(lambda: services.metric_value("mailward_dmarc_report_records_total",
+                                             {"outcome": "recorded"}) == 3.0,
+               20, "three recorded evaluations")
+    assert services.metric_value("mailward_dmarc_reports_total",
+                                 {"kind": "failure", "outcome": "rate_limited"}) == 1.0
+
+    done = _send_report(services.config_path, time.time() + 60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    ruf = str(world["ruf"])
+
+    def two_reports() -> list[bytes] | None:
+        found = stack.dovecot.raw_messages(ruf)
+        return found if len(found) == 2 else None
+
+    reports = wait_until(two_reports, 20, "two failure reports")
+    for raw in reports:
+        report = email.message_from_bytes(raw)
+        assert report.get_content_type() == "multipart/report"
+        text = raw.decode(errors="replace")
+        assert "Feedback-Type: auth-failure" in text and "Auth-Failure: dmarc" in text
+        assert f"Source-IP: {FORGER}" in text
+        assert "boss@" not in text  # local parts redacted
+        # Signed by our milter like every report we send.
+        assert report["DKIM-Signature"] is not None
+    again = _send_report(services.config_path, time.time() + 120)
+    assert "sent:" not in again.stdout, again.stdout
