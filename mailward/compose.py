@@ -36,7 +36,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # reload (KeyLoadError is a ConfigError) instead of signing with nothing.
         signer=build_signer(settings),
         sealer=build_sealer(settings),
-        recorder=build_recorder(settings.dmarc_reports, settings.general.authserv_id),
+        recorder=build_recorder(settings),
     )
 
 

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from mailward.config import ConfigError, load_settings
     from mailward.dns import DnsResolver
     from mailward.reports.aggregate_xml import report_xml
+    from mailward.reports.backends import open_report_store
     from mailward.reports.sender import ReportRunner
-    from mailward.reports.store import ReportStore, ReportStoreError
+    from mailward.reports.store import ReportStoreError
     from mailward.reports.transport import SmtpTransport
 
     try:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if not reports.enabled:
         print(f"{args.config}: [dmarc_reports] enabled is false", file=sys.stderr)
         return 2
-    store = ReportStore(reports.path)
+    store = open_report_store(settings)
     now = args.now if args.now is not None else time.time()
     runner = ReportRunner(reports, store, DnsResolver(settings.dns),
                           SmtpTransport(reports.smtp_host, reports.smtp_port,

@@ -24,12 +24,13 @@ from mailward.checks import spf as spf_check
 from mailward.checks.dkim import DkimOutcome
 from mailward.checks.dmarc import DmarcOutcome
 from mailward.checks.spf import SpfOutcome
+from mailward.config import Settings
 from mailward.dmarc_enforcement import Enforcement
 from mailward.model import Action, IPAddress, Transaction
 from mailward.reports.destinations import parse_destination
 from mailward.reports.failure import FailedMessage, failure_report, wanted
 from mailward.reports.records import Observation, observe
-from mailward.reports.settings import FailureReportSettings, ReportSettings
+from mailward.reports.settings import FailureReportSettings
 from mailward.reports.store import QueuedFailureReport
 
 log = logging.getLogger(__name__)
@@ -122,13 +123,16 @@ class DmarcRecorder:
                                          else "rate_limited").inc()
 
 
-def build_recorder(settings: ReportSettings, authserv_id: str = "") -> DmarcRecorder | None:
-    """The milter's recorder when `[dmarc_reports] enabled`; the store opens lazily
-    (in each worker, after fork), so a bad path is an outage, not a start failure."""
-    if not settings.enabled:
+def build_recorder(settings: Settings) -> DmarcRecorder | None:
+    """The milter's recorder when `[dmarc_reports] enabled`; the store connects lazily
+    (in each worker, after fork), so a bad path or a Redis that is down is an outage,
+    counted per message, not a start failure."""
+    reports = settings.dmarc_reports
+    if not reports.enabled:
         return None
-    from mailward.reports.store import ReportStore
+    from mailward.reports.backends import open_report_store
 
-    failures = (FailureReporting(settings.failure, settings.sender, authserv_id)
-                if settings.failure.enabled else None)
-    return DmarcRecorder(ReportStore(settings.path), failures=failures)
+    failures = (FailureReporting(reports.failure, reports.sender,
+                                 settings.general.authserv_id)
+                if reports.failure.enabled else None)
+    return DmarcRecorder(open_report_store(settings), failures=failures)

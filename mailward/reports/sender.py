@@ -26,7 +26,7 @@ from mailward.reports.aggregate_xml import compressed, report_xml
 from mailward.reports.destinations import Authorization, authorize, parse_destination
 from mailward.reports.mail import report_message
 from mailward.reports.settings import ReportSettings
-from mailward.reports.store import Period, ReportState, ReportStatus, ReportStore, day_of
+from mailward.reports.store import Period, ReportBackend, ReportState, ReportStatus, day_of
 from mailward.reports.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def reporter_of(settings: ReportSettings) -> Reporter:
 
 
 class ReportRunner:
-    def __init__(self, settings: ReportSettings, store: ReportStore, resolver: Resolver,
+    def __init__(self, settings: ReportSettings, store: ReportBackend, resolver: Resolver,
                  transport: Transport, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings

@@ -230,3 +230,95 @@ def test_failure_reports_one_per_failing_message_up_to_the_rate_limit(
         assert report["DKIM-Signature"] is not None
     again = _send_report(services.config_path, time.time() + 120)
     assert "sent:" not in again.stdout, again.stdout
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, sender: str, recipient: str, message: bytes) -> None:
+        self.sent.append((recipient, message))
+
+
+def test_with_redis_state_two_mx_hosts_count_into_one_report(
+        stack, world, mailward_factory, redis):
+    """[state] backend = "redis": the milter records into Redis; a second host's
+    recorder adds to the same rows; one run reports both, once."""
+    from mailward.dmarc_enforcement import ACCEPT
+    from mailward.reports.recorder import DmarcRecorder
+    from mailward.reports.redis_store import RedisReportStore
+    from mailward.reports.sender import ReportRunner
+    from mailward.reports.settings import ReportSettings
+    from tests.unit.reports_helpers import dkim as dkim_outcome
+    from tests.unit.reports_helpers import dmarc as dmarc_outcome
+    from tests.unit.reports_helpers import spf as spf_outcome
+
+    prefix = f"mailward:dmarc:{uuid.uuid4().hex[:6]}:"
+    config = _config(stack, world)
+    config["state"] = {"backend": "redis", "url": redis.url}
+    services = mailward_factory(config, services=["milter"])
+    _deliver(stack, build_message(f"bob@{STRANGER}", "someone@example.net", subject="r"),
+             f"bob@{STRANGER}", GOOD_CLIENT)
+    wait_until(lambda: services.metric_value("mailward_dmarc_report_records_total",
+                                             {"outcome": "recorded"}) == 1.0,
+               20, "the milter's evaluation recorded")
+    shared = RedisReportStore(redis.url)
+    (period,) = [p for p in shared.periods() if p.policy_domain == STRANGER]
+    assert [r.count for r in shared.rows(period)] == [1]
+
+    # Two more hosts (their own prefix, to keep apart from the milter's rows).
+    store_a, store_b = RedisReportStore(redis.url, prefix), RedisReportStore(redis.url, prefix)
+    yesterday = time.time() - DAY
+    for store in (store_a, store_b):
+        DmarcRecorder(store, clock=lambda: yesterday).record(
+            GOOD_CLIENT, dmarc_outcome(), spf_outcome(), [dkim_outcome()], ACCEPT)
+    outbox = _Outbox()
+    settings = ReportSettings(enabled=True, org_name="E", sender=f"d@{REPORTER}")
+    runner = ReportRunner(settings, store_a, DnsResolver(DnsSettings(
+        nameservers=("127.0.0.1",), port=stack.dns.port, timeout=2.0)), outbox)
+    runner.send_due()
+    assert len(outbox.sent) == 1
+    (part,) = [p for p in email.message_from_bytes(outbox.sent[0][1]).walk()
+               if p.get_content_type() == "application/gzip"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    assert b"<count>2</count>" in gzip.decompress(payload)
+    ReportRunner(settings, store_b, runner.resolver, outbox).send_due()
+    assert len(outbox.sent) == 1  # the other host sees it sent
+
+
+def test_a_redis_outage_is_counted_and_the_message_proceeds():
+    from mailward import metrics
+    from mailward.dmarc_enforcement import ACCEPT
+    from mailward.reports.recorder import DmarcRecorder
+    from mailward.reports.redis_store import RedisReportStore
+    from tests.harness.process import free_port
+    from tests.unit.reports_helpers import dmarc as dmarc_outcome
+    from tests.unit.reports_helpers import spf as spf_outcome
+
+    down = RedisReportStore(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
+    before = metrics.DMARC_REPORT_RECORDS.labels("error")._value.get()
+    DmarcRecorder(down).record(GOOD_CLIENT, dmarc_outcome(), spf_outcome(), [], ACCEPT)
+    assert metrics.DMARC_REPORT_RECORDS.labels("error")._value.get() == before + 1
+
+
+def test_redis_failure_queue_limits_across_hosts_and_finishes(redis):
+    from mailward.reports.redis_store import RedisReportStore
+    from mailward.reports.store import QueuedFailureReport
+
+    prefix = f"mailward:dmarc:{uuid.uuid4().hex[:6]}:"
+    host_a, host_b = RedisReportStore(redis.url, prefix), RedisReportStore(redis.url, prefix)
+    report = QueuedFailureReport("mailto:ruf@x.example", SENDER, SENDER, b"AFRF bytes")
+    now = time.time()
+    queued = [store.queue_failure_report(report, now, 2, 100)
+              for store in (host_a, host_b, host_a)]
+    assert queued == [True, True, False]
+    waiting = host_b.queued_failure_reports(10)
+    assert [w.message for w in waiting] == [b"AFRF bytes"] * 2
+    host_b.finish_failure_report(waiting[0].ident, "sent", 1)
+    host_b.finish_failure_report(waiting[1].ident, "queued", 1)
+    (left,) = host_a.queued_failure_reports(10)
+    assert left.ident == waiting[1].ident and left.attempts == 1
