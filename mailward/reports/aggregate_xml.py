@@ -45,6 +45,8 @@ def report_xml(report: AggregateReport) -> bytes:
     _add(published, "sp", policy.sp)
     _add(published, "np", policy.np)
     _add(published, "testing", policy.testing)
+    if policy.fo:
+        _add(published, "fo", policy.fo)
 
     for counted in report.rows:
         row = counted.row

@@ -19,6 +19,7 @@ from mailward.checks.dmarc import DmarcOutcome, DmarcResult, PolicyOverride
 from mailward.checks.spf import SpfIdentity, SpfOutcome
 from mailward.dmarc_enforcement import Enforcement, EnforcementOutcome
 from mailward.model import Action
+from mailward.orgdomain import split_tags
 
 
 class AppliedDisposition(StrEnum):
@@ -77,6 +78,7 @@ class PublishedPolicy:
     rua: tuple[str, ...]
     ruf: tuple[str, ...]
     org_domain: str
+    fo: str = ""  # the record's fo= as published ("" when absent)
 
 
 @dataclass(frozen=True)
@@ -198,5 +200,6 @@ def observe(
         rua=record.rua,
         ruf=record.ruf,
         org_domain=dmarc.org_domain or dmarc.policy_domain,
+        fo=split_tags(record.text).first("fo") or "",
     )
     return Observation(row, policy)

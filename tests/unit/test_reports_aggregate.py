@@ -71,6 +71,19 @@ def test_the_report_validates_and_counts_every_message(tmp_path: Path):
     reason = root.find("d:record/d:row/d:policy_evaluated/d:reason/d:type", NS)
     assert reason is not None and reason.text == "trusted_forwarder"
     assert root.find("d:record/d:auth_results/d:spf/d:scope", NS) is not None
+    assert root.find("d:policy_published/d:fo", NS) is None  # not published: not made up
+
+
+def test_fo_as_published_is_reported(tmp_path: Path):
+    from dataclasses import replace
+
+    from mailward.reports.records import observe
+
+    outcome = dmarc()
+    assert outcome.record is not None
+    published = replace(outcome, record=replace(outcome.record, text="v=DMARC1; p=reject; fo=1"))
+    observation = observe("192.0.2.10", published, spf(), [], ACCEPT)
+    assert observation is not None and observation.policy.fo == "1"
 
 
 def test_send_mails_a_gzip_report_with_the_rfc_names_once(tmp_path: Path):
