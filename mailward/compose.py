@@ -23,6 +23,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
     """The milter's engine: inbound checks, outbound signer and ARC sealer."""
     from mailward.dns import DnsResolver
     from mailward.pipeline import Pipeline, build_inbound_checks
+    from mailward.reports.recorder import build_recorder
     from mailward.signing.arc import build_sealer
     from mailward.signing.dkim import build_signer
 
@@ -35,6 +36,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         # reload (KeyLoadError is a ConfigError) instead of signing with nothing.
         signer=build_signer(settings),
         sealer=build_sealer(settings),
+        recorder=build_recorder(settings),
     )
 
 

@@ -38,6 +38,7 @@ from mailward.configreader import (
     network,
 )
 from mailward.model import Action, unmapped
+from mailward.reports.settings import ReportSettings, read_report_settings
 
 T = TypeVar("T")
 
@@ -491,6 +492,7 @@ class Settings:
     #: see mailward/checks/registry.py.
     checks: Mapping[str, object] = field(default_factory=lambda: _check_sections(None))
     source: str = "<defaults>"
+    dmarc_reports: ReportSettings = field(default_factory=ReportSettings)
 
 
 def _check_sections(root: Table | None) -> dict[str, object]:
@@ -1006,6 +1008,7 @@ def settings_from_mapping(
         policyd_ratelimit=_read_policyd_ratelimit(root.table("policyd").table("ratelimit")),
         checks=_check_sections(root),
         source=source,
+        dmarc_reports=read_report_settings(root.table("dmarc_reports")),
     )
     root.finish()
     if problems.items:

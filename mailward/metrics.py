@@ -213,3 +213,22 @@ DMARC_ENFORCEMENT = Counter(
     "tempfail, report_only, arc_override, size_exempt (nothing: no failure to act on).",
     ["outcome"],
 )
+
+# --------------------------------------------------------------------------- DMARC reports
+DMARC_REPORT_RECORDS = Counter(
+    "mailward_dmarc_report_records_total",
+    "DMARC evaluations offered to the report recorder: recorded, skipped (no policy "
+    "record, nothing to report), error (the report store failed; the message went on).",
+    ["outcome"],
+)
+DMARC_REPORTS = Counter(
+    "mailward_dmarc_reports_total",
+    "Aggregate and failure reports by kind (aggregate, failure) and outcome: generated, "
+    "sent, deferred (to be retried), failed (given up), dropped (a destination refused "
+    "for good: unauthorized, too large, suppressed), rate_limited.",
+    ["kind", "outcome"],
+)
+DMARC_REPORT_ROWS_PENDING = Gauge(
+    "mailward_dmarc_report_rows_pending",
+    "Recorded report rows not yet part of a finished report (set by dmarc-report send).",
+)

@@ -40,6 +40,7 @@ from mailward.model import (
     Transaction,
     Verdict,
 )
+from mailward.reports.recorder import Recorder
 from mailward.signing.dkim import SigningError
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class Pipeline:
     inbound: tuple[Check[Any], ...] = ()
     signer: OutboundSigner | None = None
     sealer: ArcSealer | None = None
+    recorder: Recorder | None = None  # DMARC report recording (mailward/reports)
 
     def direction(self, connection: Connection) -> Direction:
         """Outbound: authenticated, local (sendmail command) or from a trusted network."""
@@ -171,6 +173,10 @@ class Pipeline:
             results.get(arc_check.RESULT),
             inputs_failed=bool({spf_check.METHOD, dkim_check.METHOD} & set(report.failed)),
         )
+        if self.recorder is not None:  # never raises: a report never costs mail
+            self.recorder.record(connection.client_ip, results.get(dmarc_check.RESULT),
+                                 spf_check.dmarc_identity(results.get(spf_check.RESULT)),
+                                 results.get(dkim_check.RESULT) or (), decision, transaction)
         auth_results = report.auth_results(decision)
         edits.append(
             InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, auth_results)))

@@ -14,6 +14,7 @@ profile="${1:-core}"
 core_packages=(
   postfix dovecot-core dovecot-imapd dovecot-lmtpd dovecot-sieve
   nsd redis-server swaks libmilter-dev python3-venv python3-dev gcc make
+  libxml2-utils
   opendkim opendkim-tools
 )
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
