@@ -213,3 +213,17 @@ DMARC_ENFORCEMENT = Counter(
     "tempfail, report_only, arc_override, size_exempt (nothing: no failure to act on).",
     ["outcome"],
 )
+
+# --------------------------------------------------------------------------- bayes
+
+BAYES_LEARNED = Gauge(
+    "mailward_bayes_learned_messages",
+    "Messages the Bayes database has learned, by class (as last read by this process).",
+    ["class"],
+    multiprocess_mode="mostrecent",
+)
+BAYES_ACTIVE = Gauge(
+    "mailward_bayes_active",
+    "1 when Bayes has learned its minimum of spam and ham and classifies, else 0.",
+    multiprocess_mode="mostrecent",
+)

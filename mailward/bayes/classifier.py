@@ -41,6 +41,9 @@ class ClassifierSettings:
     max_clues: int = 150
 
 
+DEFAULT_CLASSIFIER = ClassifierSettings()
+
+
 @dataclass(frozen=True)
 class Classification:
     """The spam probability (0 = ham, 1 = spam) and how many tokens decided it."""
@@ -73,7 +76,7 @@ def chi2q(chi2: float, degrees: int) -> float:
 
 
 def classify(tokens: Iterable[str], counts: Mapping[str, TokenCounts], nspam: int,
-             nham: int, settings: ClassifierSettings = ClassifierSettings()) -> Classification:
+             nham: int, settings: ClassifierSettings = DEFAULT_CLASSIFIER) -> Classification:
     """The spam probability of a message from its tokens and the learned counts."""
     probs = []
     for token in tokens:

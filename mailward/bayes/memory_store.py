@@ -7,6 +7,7 @@ from collections.abc import Collection, Mapping
 
 from mailward.bayes.classifier import TokenCounts
 from mailward.bayes.store import (
+    DEFAULT_LIMITS,
     BayesStore,
     LearnResult,
     MessageClass,
@@ -21,7 +22,7 @@ from mailward.state.base import StateUnavailable
 class MemoryBayesStore(BayesStore):
     backend = "memory"
 
-    def __init__(self, limits: StoreLimits = StoreLimits()) -> None:
+    def __init__(self, limits: StoreLimits = DEFAULT_LIMITS) -> None:
         self.limits = limits
         self._lock = threading.Lock()
         self._tokens: dict[int, list[float]] = {}  # hash -> [spam, ham, last_seen]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mailward.bayes.classifier import TokenCounts
 from mailward.bayes.store import (
+    DEFAULT_LIMITS,
     BayesStore,
     LearnResult,
     MessageClass,
@@ -54,7 +55,7 @@ _LOOKUP_BATCH = 500  # below SQLite's host-parameter limit
 class SqliteBayesStore(BayesStore):
     backend = "sqlite"
 
-    def __init__(self, path: Path, limits: StoreLimits = StoreLimits(), *,
+    def __init__(self, path: Path, limits: StoreLimits = DEFAULT_LIMITS, *,
                  busy_timeout: float = 5.0, file_mode: int = 0o600) -> None:
         self.path = Path(path)
         self.limits = limits

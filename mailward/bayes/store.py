@@ -59,6 +59,9 @@ class StoreLimits:
     max_tokens: int = 2_000_000
 
 
+DEFAULT_LIMITS = StoreLimits()
+
+
 def token_hash(token: str) -> int:
     """The signed 64-bit key of a token (SQLite INTEGER range)."""
     digest = hashlib.blake2b(token.encode("utf-8", "surrogateescape"), digest_size=8).digest()

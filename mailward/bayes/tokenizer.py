@@ -62,8 +62,9 @@ class _Collector:
 
 
 def tokenize(transaction: Transaction, parsed: ParsedMessage,
-             settings: TokenizerSettings = TokenizerSettings()) -> frozenset[str]:
+             settings: TokenizerSettings | None = None) -> frozenset[str]:
     """The distinct tokens of one message (at most `settings.max_tokens`)."""
+    settings = settings or DEFAULT_TOKENIZER
     out = _Collector(settings.max_tokens)
     for name in TOKEN_HEADERS:
         for value in header_values(transaction, name)[:4]:
@@ -148,3 +149,6 @@ def _word_token(word: str) -> str | None:
     if lower.replace(".", "").replace(",", "").isdigit():
         return f"num:{min(len(lower), 10)}"
     return lower
+
+
+DEFAULT_TOKENIZER = TokenizerSettings()

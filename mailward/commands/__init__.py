@@ -21,6 +21,7 @@ from typing import Protocol
 COMMAND_MODULES: tuple[str, ...] = (
     "services",
     "keys",
+    "learn",
 )
 
 
