@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mailward.bayes.classifier import TokenCounts, chi2q, classify, token_probability
 from mailward.bayes.classifier import DEFAULT_CLASSIFIER as SETTINGS
+from mailward.bayes.classifier import TokenCounts, chi2q, classify, token_probability
 from mailward.bayes.learning import learn_message, message_tokens, read_sources
 from mailward.bayes.memory_store import MemoryBayesStore
 from mailward.bayes.settings import BayesSettings
@@ -193,14 +193,16 @@ def test_check_is_inactive_until_the_minimum_then_grades() -> None:
     store = MemoryBayesStore()
     check = BayesCheck(store, BayesSettings(enabled=True, min_spam=3, min_ham=3))
     assert check.evaluate(_check_input(make("x", SPAMMY[0]))).status is BayesStatus.INACTIVE
-    for i, (spam, ham) in enumerate(zip(SPAMMY, HAMMY, strict=True)):
-        learn_message(store, make(f"s{i}", spam), MessageClass.SPAM, 1.0)
-        learn_message(store, make(f"h{i}", ham), MessageClass.HAM, 1.0)
+    for i, (spam_text, ham_text) in enumerate(zip(SPAMMY, HAMMY, strict=True)):
+        learn_message(store, make(f"s{i}", spam_text), MessageClass.SPAM, 1.0)
+        learn_message(store, make(f"h{i}", ham_text), MessageClass.HAM, 1.0)
     spam = check.evaluate(_check_input(make("new", "cheap pharmacy casino money prize")))
     ham = check.evaluate(_check_input(make("new", "kernel patch review planning meeting")))
     assert spam.status is BayesStatus.CLASSIFIED and spam.probability > 0.8
-    assert [s.name for s in check.symbols(spam)][0].startswith("BAYES_SPAM")
-    assert [s.name for s in check.symbols(ham)][0].startswith("BAYES_HAM")
+    (spam_symbol,) = check.symbols(spam)
+    assert spam_symbol.name.startswith("BAYES_SPAM")
+    (ham_symbol,) = check.symbols(ham)
+    assert ham_symbol.name.startswith("BAYES_HAM")
     assert check.metric_result(spam) == "spam"
 
 
