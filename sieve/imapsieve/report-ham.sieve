@@ -6,9 +6,10 @@
 # it (the spam learning is undone), so a mistaken move into Junk is corrected by moving
 # it back.
 #
-# No `require "imapsieve"`: nothing here needs it (imap.mailbox comes with the
-# environment extension in IMAP), and without it `sieve-test` can check the script too.
-require ["vnd.dovecot.pipe", "copy", "environment", "variables"];
+# `imapsieve` is required for the `imap.mailbox` environment item (without it the Trash
+# test never matches); it also means `sieve-test` cannot run this script, only `sievec`
+# compiles it: tests/integration/test_imapsieve.py checks it through real Dovecot.
+require ["vnd.dovecot.pipe", "copy", "imapsieve", "environment", "variables"];
 
 if environment :matches "imap.mailbox" "*" {
     set "mailbox" "${1}";

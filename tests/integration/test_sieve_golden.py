@@ -3,9 +3,9 @@ exactly what its golden output says, for spam, ham, unscored and quarantined mai
 
 The configuration is the one deploy/dovecot/91-mailward-bayes.conf documents (spamtest
 from X-Spam-Score, the pipe extension).  Regenerate the goldens after an intended change
-with MAILWARD_UPDATE_GOLDEN=1.  (The IMAPSieve scripts' Trash exception depends on
-IMAP's environment, which sieve-test does not have: tests/integration/test_imapsieve.py
-covers it through real Dovecot.)
+with MAILWARD_UPDATE_GOLDEN=1.  report-ham.sieve needs the imapsieve
+extension (for `imap.mailbox`, to skip Trash), which sieve-test refuses outside IMAP: it
+is only compiled here, and tests/integration/test_imapsieve.py runs it in real Dovecot.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def test_script_compiles(script: str, workdir: Path) -> None:
 
 
 @pytest.mark.parametrize("message", sorted(MESSAGES))
-@pytest.mark.parametrize("script", sorted(SCRIPTS))
+@pytest.mark.parametrize("script", sorted(set(SCRIPTS) - {"report-ham"}))
 def test_sieve_test_matches_golden(script: str, message: str, workdir: Path) -> None:
     target = workdir / f"{script}.sieve"
     shutil.copyfile(SCRIPTS[script], target)
