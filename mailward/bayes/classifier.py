@@ -35,7 +35,14 @@ class TokenCounts:
 
 @dataclass(frozen=True)
 class ClassifierSettings:
-    strength: float = 0.45
+    """The classifier's constants.
+
+    `strength` 0.1 (SpamBayes uses 0.45, bogofilter 0.0178): measured on the
+    SpamAssassin corpus (bench/bayes), 0.45 let newsletter-like ham reach 0.99 twice as
+    often for a small gain in spam recall.
+    """
+
+    strength: float = 0.1
     unknown_prob: float = 0.5
     min_deviation: float = 0.1
     max_clues: int = 150
