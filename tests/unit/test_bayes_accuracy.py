@@ -7,8 +7,9 @@ first 300 of easy-ham-2, 100 of hard-ham-1 and 300 of spam-2.  A few seconds; th
 corpus and the bogofilter comparison stay in bench/bayes.
 
 Measured when this test was written (strength 0.1, 150 clues, at p >= 0.99, the
-BAYES_SPAM_99 grade): 59.7% spam recall, 2 of 400 ham false positives.  The margins absorb nothing random (the run is
-deterministic); they leave room for deliberate small trade-offs in the tokenizer.
+BAYES_SPAM_99 grade): 59.7% spam recall, 2 of 400 ham false positives.  The margins
+absorb nothing random (the run is deterministic); they leave room for deliberate small
+trade-offs in the tokenizer.
 """
 
 from __future__ import annotations
