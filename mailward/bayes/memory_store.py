@@ -38,7 +38,12 @@ class MemoryBayesStore(BayesStore):
     def totals(self) -> Totals:
         with self._lock:
             self._check()
-            return Totals(self._nspam, self._nham, len(self._tokens))
+            return Totals(self._nspam, self._nham)
+
+    def token_rows(self) -> int:
+        with self._lock:
+            self._check()
+            return len(self._tokens)
 
     def token_counts(self, tokens: Collection[str]) -> Mapping[str, TokenCounts]:
         with self._lock:

@@ -88,7 +88,7 @@ class RedisBayesStore(BayesStore):
             counts = self._client.hgetall(f"{self._prefix}bayes:n")
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return Totals(int(counts.get(b"spam", 0)), int(counts.get(b"ham", 0)), -1)
+        return Totals(int(counts.get(b"spam", 0)), int(counts.get(b"ham", 0)))
 
     def token_counts(self, tokens: Collection[str]) -> Mapping[str, TokenCounts]:
         hashed = hash_tokens(tokens)

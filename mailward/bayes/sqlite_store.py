@@ -71,8 +71,12 @@ class SqliteBayesStore(BayesStore):
     def totals(self) -> Totals:
         with self._session(write=False) as db:
             rows = dict(db.execute("SELECT class, messages FROM bayes_totals").fetchall())
+            return Totals(int(rows.get("spam", 0)), int(rows.get("ham", 0)))
+
+    def token_rows(self) -> int:
+        with self._session(write=False) as db:
             (tokens,) = db.execute("SELECT count(*) FROM bayes_tokens").fetchone()
-            return Totals(int(rows.get("spam", 0)), int(rows.get("ham", 0)), int(tokens))
+            return int(tokens)
 
     def token_counts(self, tokens: Collection[str]) -> Mapping[str, TokenCounts]:
         hashed = hash_tokens(tokens)

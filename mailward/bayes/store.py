@@ -46,11 +46,10 @@ class LearnResult(StrEnum):
 
 @dataclass(frozen=True)
 class Totals:
-    """How many messages of each class the database has learned, and its token rows."""
+    """How many messages of each class the database has learned."""
 
     spam: int
     ham: int
-    tokens: int
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,11 @@ class BayesStore(abc.ABC):
     @abc.abstractmethod
     def totals(self) -> Totals:
         """Learned message counts (and token rows) as of now."""
+
+    def token_rows(self) -> int | None:
+        """How many tokens the database holds (for --stats; None if it cannot tell
+        cheaply).  Not on the per-message path: in SQLite it is a table scan."""
+        return None
 
     @abc.abstractmethod
     def token_counts(self, tokens: Collection[str]) -> Mapping[str, TokenCounts]:

@@ -89,12 +89,13 @@ def run_learn(args: argparse.Namespace) -> int:
                 return 2
             try:
                 totals = store.totals()
+                tokens = store.token_rows()
             except StateUnavailable as exc:
                 print(f"mailward learn: {exc}", file=sys.stderr)
                 return 1
             print(f"spam: {totals.spam}\nham: {totals.ham}")
-            if totals.tokens >= 0:
-                print(f"tokens: {totals.tokens}")
+            if tokens is not None:
+                print(f"tokens: {tokens}")
             print(activity_line(totals, bayes))
             return 0
         if not args.sources:
