@@ -233,7 +233,7 @@ def test_a_reader_sees_whole_messages_while_another_process_learns(tmp_path: Pat
         child = multiprocessing.get_context("fork").Process(target=_learn_many,
                                                              args=(str(path),))
         child.start()
-        seen = set()
+        seen: set[int] = set()
         while child.is_alive() or not seen or max(seen) < 150:
             before = reader.totals().spam
             counts = reader.token_counts(["shared"])
