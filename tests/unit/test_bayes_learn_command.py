@@ -113,3 +113,20 @@ def test_the_pipeline_runs_bayes_after_mime_and_logs_its_state(
                                mail_from="s@example.org", recipients=("u@example.net",)))
     assert any(symbol.name.startswith("BAYES_SPAM") for symbol in verdict.symbols), \
         verdict.symbols
+
+
+def test_deploy_files_name_what_exists() -> None:
+    """The learner unit runs the documented command; the Dovecot snippets name the
+    shipped scripts and the pipe program the scripts call."""
+    repo = Path(__file__).resolve().parents[2]
+    unit = (repo / "deploy" / "systemd" / "mailward-learner.service").read_text()
+    assert "mailward learner -c /etc/mailward/mailward.toml" in unit
+    assert "ReadWritePaths=/var/spool/mailward/learn" in unit
+    for name in ("91-mailward-bayes.conf", "91-mailward-bayes-2.4.conf"):
+        snippet = (repo / "deploy" / "dovecot" / name).read_text()
+        for script in ("report-spam.sieve", "report-ham.sieve"):
+            assert f"/etc/dovecot/sieve/{script}" in snippet
+            assert (repo / "sieve" / "imapsieve" / script).is_file()
+    for script in ("report-spam.sieve", "report-ham.sieve"):
+        assert '"mailward-learn"' in (repo / "sieve" / "imapsieve" / script).read_text()
+    assert (repo / "sieve" / "bin" / "mailward-learn").stat().st_mode & 0o111
