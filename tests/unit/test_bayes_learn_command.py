@@ -130,3 +130,28 @@ def test_deploy_files_name_what_exists() -> None:
     for script in ("report-spam.sieve", "report-ham.sieve"):
         assert '"mailward-learn"' in (repo / "sieve" / "imapsieve" / script).read_text()
     assert (repo / "sieve" / "bin" / "mailward-learn").stat().st_mode & 0o111
+
+
+PIPE = Path(__file__).resolve().parents[2] / "sieve" / "bin" / "mailward-learn"
+
+
+def test_pipe_program_spools_the_message_byte_for_byte(tmp_path: Path) -> None:
+    import subprocess
+
+    ensure_spool(tmp_path)
+    raw = b"Subject: $(touch /tmp/never) `x`\r\n\r\n\x00\xff body\r\n"
+    done = subprocess.run([str(PIPE), "spam", str(tmp_path)], input=raw, timeout=30)
+    assert done.returncode == 0
+    (spooled,) = (tmp_path / "new").iterdir()
+    assert spooled.name.startswith("spam.") and spooled.read_bytes() == raw
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_pipe_program_refuses_bad_use_and_reports_a_missing_spool(tmp_path: Path) -> None:
+    import subprocess
+
+    bad = subprocess.run([str(PIPE), "eggs", str(tmp_path)], input=b"x", capture_output=True)
+    assert bad.returncode == 64 and b"usage" in bad.stderr
+    missing = subprocess.run([str(PIPE), "ham", str(tmp_path / "nope")], input=b"x",
+                             capture_output=True)
+    assert missing.returncode != 0
