@@ -5,8 +5,8 @@ restarts and crashes of either side:
 
     SPOOL/tmp/      the pipe program writes here first (then fsyncs)
     SPOOL/new/      CLASS.UNIQUE files, complete, waiting to be learned
-    SPOOL/failed/   files the learner could not use (not a message class it knows);
-                    kept for the admin, never deleted
+    SPOOL/failed/   files the learner could not use (not a class it knows, or learning
+                    raised unexpectedly); kept for the admin, never deleted
 
 The pipe program (sieve/bin/mailward-learn) is a few lines of POSIX shell that never
 interprets the message (it only copies stdin to a file), so an IMAP MOVE of 500 messages
@@ -85,10 +85,16 @@ def drain_spool(spool: Path, learn: Callable[[bytes, MessageClass], LearnResult]
         try:
             result = learn(raw, message_class)
         except StateUnavailable as exc:
-            log.warning("learner: %s; %d message(s) stay in the spool", exc,
-                        len(entries) - sum(report.results.values()) - report.failed)
             report.deferred = len(entries) - sum(report.results.values()) - report.failed
+            log.warning("learner: %s; %d message(s) stay in the spool", exc, report.deferred)
             return report
+        except Exception:
+            # A bug, not the sender's fault nor an outage: keep the file for the admin
+            # and go on, rather than crash on it at every restart.
+            log.exception("learner: cannot learn %s; moved to failed/", entry.name)
+            os.replace(entry, spool / "failed" / entry.name)
+            report.failed += 1
+            continue
         report.count(result)
         entry.unlink(missing_ok=True)
     return report

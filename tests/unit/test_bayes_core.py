@@ -246,3 +246,16 @@ def test_a_reader_sees_whole_messages_while_another_process_learns(tmp_path: Pat
         child.join()
         assert child.exitcode == 0
         assert reader.totals().spam == 150
+
+
+def test_spool_keeps_a_message_whose_learning_raises(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    ensure_spool(spool)
+    spool_message(spool, MessageClass.SPAM, make("a", "x"), "1")
+
+    def broken(raw: bytes, cls: MessageClass) -> LearnResult:
+        raise RuntimeError("bug")
+
+    report = drain_spool(spool, broken)
+    assert report.failed == 1
+    assert (spool / "failed" / "spam.1").read_bytes() == make("a", "x")
