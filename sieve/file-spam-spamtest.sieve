@@ -6,6 +6,8 @@
 # X-Spam-Score onto the scale (see deploy/dovecot/: sieve_spamtest_status_type = score,
 # sieve_spamtest_status_header = X-Spam-Score, sieve_spamtest_max_value = the score
 # that counts as certain spam).  Install as `sieve_before`, compile with `sievec`.
+# With the shipped sieve_spamtest_max_value = 15, spamtest 5 means a score of about 6.7
+# or more (Dovecot maps score 0..max onto 1..10); change 5 here, or the maximum there.
 #
 # spamtest says 0 when the header is missing (mail not scored): it is left alone.
 require ["spamtest", "fileinto", "mailbox", "relational", "comparator-i;ascii-numeric"];
