@@ -117,6 +117,12 @@ def run_learn(args: argparse.Namespace) -> int:
             print(f"mailward learn: {exc}", file=sys.stderr)
             status = 1
         elapsed = time.monotonic() - started
+        if status == 0:
+            try:
+                # Keep the size bounded even where no learner service runs.
+                store.expire(time.time())
+            except StateUnavailable as exc:
+                print(f"mailward learn: token expiry: {exc}", file=sys.stderr)
         total = sum(counts.values())
         if not args.quiet:
             summary = ", ".join(f"{count} {name}" for name, count in sorted(counts.items()))
