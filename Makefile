@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help deps deps-bench venv lint test unit integration demo demo-stop bench clean
+.PHONY: help deps deps-bench venv lint test unit integration demo demo-stop bench bench-bayes clean
 
 help:
 	@echo "make demo       install, start a private Postfix + Dovecot + DNS + Mailward, send sample mail"
@@ -15,6 +15,7 @@ help:
 	@echo "make test       install and run lint + the whole test suite"
 	@echo "make lint       ruff + mypy"
 	@echo "make bench      throughput and latency of the services (and peers)"
+	@echo "make bench-bayes  Bayes accuracy and learning speed next to bogofilter"
 
 deps:
 	@bash deploy/scripts/install-system-deps.sh core
@@ -51,6 +52,9 @@ demo-stop:
 
 bench: deps-bench $(STAMP)
 	$(PY) -m bench.run
+
+bench-bayes: deps-bench $(STAMP)
+	$(PY) -m bench.bayes.accuracy
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

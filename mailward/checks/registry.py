@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mailward.checks import arc, dkim, dmarc, iprev, mime, spf
+from mailward.checks import arc, bayes, dkim, dmarc, iprev, mime, spf
 from mailward.checks.base import BuildContext, Check, CheckSpec
 from mailward.configreader import ConfigError, ConfigProblem
 
@@ -31,6 +31,7 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     arc.SPEC,
     dmarc.SPEC,
     mime.SPEC,
+    bayes.SPEC,
 )
 
 

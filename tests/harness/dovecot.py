@@ -60,8 +60,11 @@ class DovecotInstance:
         hostname: str = "mx.example.net",
         lmtp_port: int | None = None,
         imap_port: int | None = None,
+        extra_config: str = "",
     ) -> None:
         self.base_dir = base_dir
+        #: Appended to the generated dovecot.conf (IMAPSieve settings, say).
+        self.extra_config = extra_config
         self.config_path = base_dir / "dovecot.conf"
         self.log_path = base_dir / "dovecot.log"
         self.mail_dir = base_dir / "mail"
@@ -173,7 +176,7 @@ plugin {{
   sieve = file:~/sieve;active=~/.dovecot.sieve
 {sieve_before}
 }}
-"""
+{self.extra_config}"""
 
     def _prepare(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
