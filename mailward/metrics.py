@@ -231,6 +231,8 @@ DMARC_REPORTS = Counter(
 DMARC_REPORT_ROWS_PENDING = Gauge(
     "mailward_dmarc_report_rows_pending",
     "Recorded report rows not yet part of a finished report (set by dmarc-report send).",
+)
+
 # --------------------------------------------------------------------------- bayes
 
 BAYES_LEARNED = Gauge(
