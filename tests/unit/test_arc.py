@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from mailward.authres import format_header
 from mailward.checks.arc import (
-    MAX_INSTANCES,
     ArcAuthResults,
     ArcLimits,
     ArcOutcome,
@@ -31,8 +30,10 @@ from mailward.checks.arc import (
     auth_result,
     parse_aar_payload,
 )
+from mailward.dkimcore.arcset import MAX_INSTANCES
 from mailward.dns import InMemoryResolver
 from mailward.model import AuthProperty, AuthResult, Connection, Header, Transaction
+from tests.support.checks import arc_auth_results
 
 ORIGINAL = (
     b"From: Alice <alice@origin.example>\r\n"
@@ -242,7 +243,7 @@ def test_check_reports_with_the_client_address(
 ) -> None:
     verifier = ArcVerifier(resolver)
     connection = Connection(client_ip=ipaddress.ip_address("192.0.2.7"))
-    (result,) = verifier.check(connection, transaction(chain(private_key)), ())
+    (result,) = arc_auth_results(verifier, connection, transaction(chain(private_key)))
     assert result.method == "arc" and result.result == "pass"
     assert result.properties[-1] == AuthProperty("smtp", "remote-ip", "192.0.2.7")
 
