@@ -69,10 +69,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
-import authres
 import dkim
 
 from mailward import message
+from mailward.authresults import ParsedResults, parse_results
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.checks.dkim import (
     KEY_CACHE_ENTRIES,
@@ -154,48 +154,6 @@ DEFAULT_LIMITS = ArcLimits()
 
 
 @dataclass(frozen=True)
-class ArcAuthResults:
-    """One ARC-Authentication-Results payload, parsed (RFC 8617 4.1.1 = RFC 8601 + i=).
-
-    `results` are the resinfos the sealer recorded, as our own `AuthResult` values with
-    method, result, ptype and property names lower-cased (they are case-insensitive)
-    and values as written.  A payload that does not parse leaves `results` empty and
-    says why in `error` (all or nothing: guessing at a broken header could invent a
-    "pass" that the sealer never wrote); the raw text is always on the `ArcInstance`.
-    Parsing is authres' (non-strict): properties of unknown ptypes are skipped.
-    """
-
-    authserv_id: str | None
-    results: tuple[AuthResult, ...] = ()
-    error: str = ""
-
-    def results_for(self, method: str) -> tuple[AuthResult, ...]:
-        wanted = method.lower()
-        return tuple(result for result in self.results if result.method == wanted)
-
-    def says(
-        self, method: str, result: str = "pass", properties: Mapping[str, str] | None = None
-    ) -> bool:
-        """Did the sealer record `method=result` with these `ptype.name` properties?
-
-        E.g. `says("dkim", "pass", {"header.d": "example.com"})` or
-        `says("spf", "pass", {"smtp.mailfrom": "user@example.com"})`.  Keys, methods
-        and results are compared case-insensitively, and so are values (they are
-        domains and addresses here; the policy that asks decides what to trust).
-        """
-        wanted = {key.lower(): value.lower() for key, value in (properties or {}).items()}
-        for candidate in self.results_for(method):
-            if candidate.result != result.lower():
-                continue
-            have = {
-                f"{prop.ptype}.{prop.name}": prop.value.lower() for prop in candidate.properties
-            }
-            if all(have.get(key) == value for key, value in wanted.items()):
-                return True
-        return False
-
-
-@dataclass(frozen=True)
 class ArcInstance:
     """One ARC Set, i.e. what one intermediary added.
 
@@ -219,8 +177,8 @@ class ArcInstance:
     seal_valid: bool | None = None
 
     @cached_property
-    def authentication_results(self) -> ArcAuthResults:
-        return parse_aar_payload(aar_payload(self.aar))
+    def authentication_results(self) -> ParsedResults:
+        return parse_results(aar_payload(self.aar))
 
 
 @dataclass(frozen=True)
@@ -410,34 +368,6 @@ def _validate_signature_tags(item: _Field, number: int) -> None:
             raise _Structure(f"{name} signs ARC-Seal, which RFC 8617 4.1.2 forbids")
     elif "h" in item.tags:
         raise _Structure(f"{name} has an h= tag, which RFC 8617 4.1.3 forbids")
-
-
-def parse_aar_payload(payload: str) -> ArcAuthResults:
-    """An AAR payload (the A-R value after `i=N;`) as typed results; never raises."""
-    try:
-        header = authres.AuthenticationResultsHeader.parse_value(payload)
-    except authres.AuthResError as exc:
-        return ArcAuthResults(_authserv_id_guess(payload), (), _short(exc))
-    results = []
-    for item in header.results:
-        method = getattr(item, "method", None)
-        if not method:
-            continue  # "none": the sealer had no results to record
-        properties = tuple(
-            AuthProperty(str(prop.type).lower(), str(prop.name).lower(), str(prop.value or ""))
-            for prop in item.properties
-        )
-        reason = str(item.reason) if item.reason else None
-        results.append(
-            AuthResult(str(method).lower(), str(item.result or "").lower(), reason, properties)
-        )
-    authserv_id = str(header.authserv_id) if header.authserv_id else None
-    return ArcAuthResults(authserv_id, tuple(results))
-
-
-def _authserv_id_guess(payload: str) -> str | None:
-    first = payload.split(";", 1)[0].strip()
-    return first or None
 
 
 # --------------------------------------------------------------------------- crypto

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mailward import authres, metrics
+from mailward import authresults, metrics
 from mailward.config import ConfigProblem, DkimSigningKey, Settings
 from mailward.dkimcore import arcset
 from mailward.dkimcore.canon import (
@@ -130,41 +130,14 @@ def consolidate_results(headers: Sequence[tuple[bytes, bytes]], authserv_id: str
     wanted = authserv_id.lower()
     results = []
     for name, value in headers:
-        if name.strip().lower() != authres.HEADER_NAME.lower().encode():
+        if name.strip().lower() != authresults.HEADER_NAME.lower().encode():
             continue
         text = " ".join(_unfold(value).split())
-        if authres.authserv_id_of(text) != wanted:
+        if authresults.authserv_id_of(text) != wanted:
             continue
-        parts = _split_resinfo(text)
+        parts = authresults.split_resinfo(text)
         results += [part for part in parts[1:] if part and part.lower() != "none"]
     return results
-
-
-def _split_resinfo(text: str) -> list[str]:
-    """Split at semicolons outside quotes and comments."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth, quoted, escaped = 0, False, False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif char == '"':
-            quoted = True
-        elif char == "(":
-            depth += 1
-        elif char == ")" and depth:
-            depth -= 1
-        elif char == ";" and not depth:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return parts
 
 
 # --------------------------------------------------------------------------- sealing
@@ -333,7 +306,7 @@ class ArcSealer:
         try:
             arc_set = seal_message(
                 headers, transaction.body, self.key, self.authserv_id,
-                [authres.format_result(result) for result in results], status,
+                [authresults.format_result(result) for result in results], status,
                 timestamp=int(self._clock()),
             )
         except NotSealed as exc:

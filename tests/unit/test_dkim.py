@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailward import authres, fromheader, message
+from mailward import authresults, fromheader, message
 from mailward.checks import dkim as dkim_check
 from mailward.checks.base import BuildContext
 from mailward.checks.dkim import (
@@ -378,7 +378,7 @@ def test_changed_body_and_changed_header_have_different_reasons(keys):
     assert header_changed.result is DkimResult.FAIL
     assert header_changed.problem is DkimProblem.SIGNATURE
     assert header_changed.reason == "signature did not verify"
-    rendered = [authres.format_result(r) for r in auth_results([body_changed, header_changed])]
+    rendered = [authresults.format_result(r) for r in auth_results([body_changed, header_changed])]
     assert 'reason="body hash did not verify"' in rendered[0]
     assert 'reason="signature did not verify"' in rendered[1]
 
@@ -790,7 +790,7 @@ def test_garbage_signatures_are_permerror_without_dns(value: bytes, caplog):
     }
     assert resolver.queries == []
     assert "dkim=permerror" in caplog.text
-    header = authres.format_header("mx.example.net", auth_results([outcome]))
+    header = authresults.format_header("mx.example.net", auth_results([outcome]))
     assert header.isascii() and "\r" not in header
     assert header.count("\n") == 1  # one result, one folded line
 
@@ -800,7 +800,7 @@ def test_garbage_signature_keeps_a_readable_report():
            b"bh=AAAA; b=QUJD REVG\r\n R0hJSktM\r\n" + MESSAGE)
     outcome = verify_one(raw, resolver_with())
     assert outcome.b_prefix == "QUJDREVG"
-    result = authres.format_result(auth_results([outcome])[0])
+    result = authresults.format_result(auth_results([outcome])[0])
     assert 'header.d="ex\\"ample.com"' in result
     assert "header.b=QUJDREVG" in result
 
@@ -834,7 +834,7 @@ def test_non_ascii_in_signature_is_reported_as_ascii():
     # d= with a U-label is converted for the lookup; s= with one is not a selector.
     assert (outcome.result, outcome.problem) == (DkimResult.PERMERROR, DkimProblem.SYNTAX)
     assert outcome.domain == "b?cher.example"
-    assert authres.format_result(auth_results([outcome])[0]).isascii()
+    assert authresults.format_result(auth_results([outcome])[0]).isascii()
 
 
 def test_idn_domain_is_looked_up_as_a_label(keys):
@@ -864,7 +864,7 @@ def test_auth_results():
         outcome, result=DkimResult.FAIL, reason="body hash did not verify",
         problem=DkimProblem.BODY_HASH, identity="@example.com",
     )
-    header = authres.format_header("mx.example.net", auth_results([outcome, failed]))
+    header = authresults.format_header("mx.example.net", auth_results([outcome, failed]))
     assert header == (
         "mx.example.net;\n"
         "\tdkim=pass header.d=example.com header.s=sel header.a=ed25519-sha256"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailward.authres import format_header
+from mailward.authresults import format_header
 from mailward.checks.dmarc import (
     AlignmentMode,
     Disposition,
