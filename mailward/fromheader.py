@@ -31,6 +31,7 @@ from email.errors import (
 from email.policy import default as _default_policy
 from enum import StrEnum
 
+from mailward.dkimcore.text import short as _short
 from mailward.model import Transaction
 from mailward.orgdomain import ascii_domain
 
@@ -256,8 +257,3 @@ def _author_domain(raw: str) -> str | None:
     if domain is None or "." not in domain or domain.rsplit(".", 1)[1].isdigit():
         return None
     return domain
-
-
-def _short(text: str, limit: int = 40) -> str:
-    text = "".join(char if char.isprintable() else "?" for char in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

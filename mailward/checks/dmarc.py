@@ -49,6 +49,7 @@ from mailward.checks import dkim as dkim_check
 from mailward.checks import spf as spf_check
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.config import DmarcSettings, MissingFromAction, MultipleFromAction
+from mailward.dkimcore.text import short as _short
 from mailward.dns import Outcome, Resolver
 from mailward.fromheader import AuthorDomains, FromProblem, author_domains, from_header_values
 from mailward.model import AuthProperty, AuthResult, Connection, Transaction
@@ -279,9 +280,6 @@ def _mode(value: str | None, name: str, problems: list[str]) -> AlignmentMode:
         return AlignmentMode.RELAXED
 
 
-def _short(text: str, limit: int = 40) -> str:
-    text = "".join(char if char.isprintable() else "?" for char in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- outcome

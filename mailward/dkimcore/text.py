@@ -19,3 +19,14 @@ def printable(value: bytes | str, limit: int = MAX_REPORTED) -> str:
     if not (text.isascii() and text.isprintable()):
         text = "".join(char if " " <= char <= "~" else "?" for char in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short(text: str, limit: int = 40) -> str:
+    """`text` for a reason or log line: unprintable characters as "?", at most `limit`.
+
+    Unlike `printable`, non-ASCII letters stay (a DMARC record or From value names
+    domains and people in any script); only the length and control characters are
+    the sender's to worry about here.
+    """
+    text = "".join(char if char.isprintable() else "?" for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
