@@ -25,8 +25,9 @@ from enum import StrEnum
 from mailward import metrics
 from mailward.checks.arc import ArcOutcome, ArcResult
 from mailward.checks.dkim import DkimOutcome, DkimProblem
-from mailward.checks.dmarc import Disposition, DmarcOutcome, DmarcResult, FromProblem
+from mailward.checks.dmarc import Disposition, DmarcOutcome, DmarcResult
 from mailward.config import Settings
+from mailward.fromheader import FromProblem
 from mailward.model import Action, AppendHeader, AuthResult, HeaderEdit, SmtpReply
 
 QUARANTINE_HEADER = "X-Mailward-Quarantine"

@@ -13,7 +13,6 @@ is kept, because signatures with "simple" canonicalization cover it.
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Iterable
 
@@ -67,58 +66,6 @@ def raw_message(transaction: Transaction) -> bytes:
     return header_block(transaction.headers) + CRLF + transaction.body
 
 
-_HEADER_LINE = re.compile(rb"([!-9;-~]+)[ \t]*:")
-
-
-def transaction_from_bytes(
-    raw: bytes,
-    *,
-    mail_from: str = "",
-    recipients: tuple[str, ...] = (),
-    queue_id: str | None = None,
-) -> Transaction:
-    """A Transaction holding `raw` the way Postfix hands a message to the milter.
-
-    For tests, conformance suites and command-line tools that start from a file.  LF or
-    CRLF line ends; a leading mbox "From " line is dropped.  Header values keep their
-    leading white space and join folded lines with a bare LF, as Postfix sends them
-    (with SMFIP_HDR_LEADSPC); the body gets CRLF line ends.  As in Postfix, the header
-    section ends at the empty line or at the first line that is neither a header nor a
-    continuation, which then starts the body.
-    """
-    text = raw.replace(b"\r\n", b"\n")
-    if text.startswith(b"From "):
-        text = text.partition(b"\n")[2]
-    headers: list[Header] = []
-    lines = text.split(b"\n")
-    index = 0
-    while index < len(lines):
-        line = lines[index]
-        if line[:1] in (b" ", b"\t") and headers:
-            last = headers[-1]
-            continuation = line.decode("utf-8", "surrogateescape")
-            headers[-1] = Header(last.name, f"{last.value}\n{continuation}")
-        else:
-            match = _HEADER_LINE.match(line)
-            if match is None:
-                if not line:
-                    index += 1  # the empty line that ends the header section
-                break
-            name = match.group(1).decode("ascii")
-            value = line[match.end():].decode("utf-8", "surrogateescape")
-            headers.append(Header(name, value))
-        index += 1
-    body = b"\r\n".join(lines[index:])
-    return Transaction(
-        queue_id=queue_id,
-        mail_from=mail_from,
-        recipients=recipients,
-        headers=tuple(headers),
-        body=body,
-        body_size=len(body),
-    )
-
-
 def unfold(value: str) -> str:
     """A header value with folding undone (RFC 5322 2.2.3): line breaks before WSP go."""
     return _FOLD.sub("", value)
@@ -137,32 +84,3 @@ def first_header(transaction: Transaction, name: str) -> Header | None:
     for _, header in transaction.headers_named(name):
         return header
     return None
-
-
-def address_domains(value: str) -> tuple[str, ...]:
-    """The lower-cased domains of the addresses in an address-list header value.
-
-    Lenient, as a header parser that feeds policy must be: display names, comments and
-    groups are skipped; an address without a domain contributes nothing.  Non-ASCII
-    domains are returned as they are written (no IDNA conversion here).
-    """
-    domains = []
-    for _, address in email.utils.getaddresses([unfold(value)]):
-        local, at, domain = address.rpartition("@")
-        domain = domain.strip().rstrip(".").lower()
-        if at and local and domain:
-            domains.append(domain)
-    return tuple(domains)
-
-
-def from_domain(transaction: Transaction) -> str | None:
-    """The domain of the single From address (RFC 5322 author), or None.
-
-    None when there is no From header, more than one, or it does not name exactly one
-    address with a domain: those messages have no single author domain to align with.
-    """
-    values = header_values(transaction, "From")
-    if len(values) != 1:
-        return None
-    domains = address_domains(values[0])
-    return domains[0] if len(domains) == 1 else None

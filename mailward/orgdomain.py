@@ -38,6 +38,7 @@ import dns.exception
 import dns.name
 from publicsuffixlist import PublicSuffixList
 
+from mailward.dkimcore.taglist import tag_specs
 from mailward.dns import Outcome, Resolver
 
 # RFC 9989 4.10 step 4: a name of eight or more labels is shortened to this many at once.
@@ -124,23 +125,18 @@ class TagList:
         return None
 
 
-_TAG_NAME = re.compile(r"[a-z][a-z0-9_]*")
-
-
 def split_tags(text: str) -> TagList:
-    """Split a record at ";" into `name=value` tags; what does not fit goes to `junk`."""
+    """Split a record into `name=value` tags (the DKIM tag-list syntax, RFC 7489 6.4);
+    names are case-insensitive here, and what does not fit goes to `junk`."""
     tags: list[tuple[str, str]] = []
     junk: list[str] = []
-    for part in text.split(";"):
-        part = part.strip(" \t\r\n")
-        if not part:
+    for spec in tag_specs(text):
+        if not spec.text:
             continue
-        name, equals, value = part.partition("=")
-        name = name.strip(" \t").lower()
-        if not equals or not _TAG_NAME.fullmatch(name):
-            junk.append(part)
-            continue
-        tags.append((name, value.strip(" \t\r\n")))
+        if spec.well_formed:
+            tags.append((spec.name.lower(), spec.value))
+        else:
+            junk.append(spec.text)
     return TagList(tuple(tags), tuple(junk))
 
 

@@ -21,8 +21,8 @@ The validator follows RFC 8617 5.2 step by step:
 
 **What dkimpy does and what we do.**  dkimpy's `ARC.verify()` passes the ARC test suite,
 but its behaviour around it makes it unfit to call as a whole here, so this module does
-the chain logic itself and uses dkimpy only for tag-list parsing and field validation
-(`dkim.util.parse_tag_value`, `dkim.validate_signature_fields`):
+the chain logic itself and uses dkimpy only for field validation
+(`dkim.validate_signature_fields`); tag lists are read by `mailward.dkimcore.taglist`:
 
 * a DNS timeout is logged and turned into "signature invalid", so a broken resolver
   would make a chain `fail`.  Here a signature whose key lookup failed temporarily is
@@ -37,10 +37,10 @@ the chain logic itself and uses dkimpy only for tag-list parsing and field valid
 * it canonicalizes every header of the message for every signature, hashes the body
   again for every AMS, does RSA in pure Python and fetches and parses the key record
   for every signature.  We share DKIM verification's fast path
-  (`mailward.checks.dkim`): one canonicalized body per canonicalization, the header
-  canonicalization and bottom-up selection of `signed_data`, RSA through
-  `cryptography` (`signature_valid`), and keys parsed once and cached for their DNS
-  TTL across messages (`KeyFetcher`).
+  (`mailward.dkimcore`): one canonicalized body per canonicalization, the header
+  canonicalization and bottom-up selection of `signed_data`; and from
+  `mailward.checks.dkim` RSA through `cryptography` (`signature_valid`) and keys
+  parsed once and cached for their DNS TTL across messages (`KeyFetcher`).
 
 **Temporary failures.**  RFC 8617 defines only `pass`, `fail` and `none`, and the IANA
 "Email Authentication Result Names" registry lists no other result for `arc`.  A key
@@ -69,11 +69,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
 
-import authres
 import dkim
-import dkim.util
 
 from mailward import message
+from mailward.authresults import ParsedResults, parse_results
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.checks.dkim import (
     KEY_CACHE_ENTRIES,
@@ -81,14 +80,29 @@ from mailward.checks.dkim import (
     DkimResult,
     KeyFailure,
     KeyFetcher,
-    MessageView,
-    canonicalize_body,
-    relaxed_header,
     shared_key_fetcher,
     signature_valid,
-    signed_data,
-    strip_b_value,
 )
+from mailward.dkimcore.arcset import (
+    AAR,
+    AMS,
+    AS,
+    DISPLAY,
+    KINDS,
+    MAX_INSTANCES,
+    aar_payload,
+    instance_number,
+    kind_of,
+    split_aar,
+)
+from mailward.dkimcore.canon import (
+    Canon,
+    parse_canonicalization,
+    relaxed_header,
+    signature_header_data,
+)
+from mailward.dkimcore.taglist import TagListError, colon_list, parse_tag_list
+from mailward.dkimcore.view import MessageView, signed_data
 from mailward.dns import Resolver
 from mailward.model import (
     AuthProperty,
@@ -101,15 +115,6 @@ from mailward.model import (
 
 METHOD = "arc"
 
-# RFC 8617 5.2 step 1: "The maximum number of ARC Sets that can be attached to a message
-# is 50."  Fixed by the RFC, so not configurable.
-MAX_INSTANCES = 50
-
-AAR = "arc-authentication-results"
-AMS = "arc-message-signature"
-AS = "arc-seal"
-_KINDS = (AAR, AMS, AS)
-_DISPLAY = {AAR: "ARC-Authentication-Results", AMS: "ARC-Message-Signature", AS: "ARC-Seal"}
 
 class ArcResult(StrEnum):
     """The chain validation status (RFC 8617 4.4), plus our "could not tell".
@@ -149,48 +154,6 @@ DEFAULT_LIMITS = ArcLimits()
 
 
 @dataclass(frozen=True)
-class ArcAuthResults:
-    """One ARC-Authentication-Results payload, parsed (RFC 8617 4.1.1 = RFC 8601 + i=).
-
-    `results` are the resinfos the sealer recorded, as our own `AuthResult` values with
-    method, result, ptype and property names lower-cased (they are case-insensitive)
-    and values as written.  A payload that does not parse leaves `results` empty and
-    says why in `error` (all or nothing: guessing at a broken header could invent a
-    "pass" that the sealer never wrote); the raw text is always on the `ArcInstance`.
-    Parsing is authres' (non-strict): properties of unknown ptypes are skipped.
-    """
-
-    authserv_id: str | None
-    results: tuple[AuthResult, ...] = ()
-    error: str = ""
-
-    def results_for(self, method: str) -> tuple[AuthResult, ...]:
-        wanted = method.lower()
-        return tuple(result for result in self.results if result.method == wanted)
-
-    def says(
-        self, method: str, result: str = "pass", properties: Mapping[str, str] | None = None
-    ) -> bool:
-        """Did the sealer record `method=result` with these `ptype.name` properties?
-
-        E.g. `says("dkim", "pass", {"header.d": "example.com"})` or
-        `says("spf", "pass", {"smtp.mailfrom": "user@example.com"})`.  Keys, methods
-        and results are compared case-insensitively, and so are values (they are
-        domains and addresses here; the policy that asks decides what to trust).
-        """
-        wanted = {key.lower(): value.lower() for key, value in (properties or {}).items()}
-        for candidate in self.results_for(method):
-            if candidate.result != result.lower():
-                continue
-            have = {
-                f"{prop.ptype}.{prop.name}": prop.value.lower() for prop in candidate.properties
-            }
-            if all(have.get(key) == value for key, value in wanted.items()):
-                return True
-        return False
-
-
-@dataclass(frozen=True)
 class ArcInstance:
     """One ARC Set, i.e. what one intermediary added.
 
@@ -214,10 +177,8 @@ class ArcInstance:
     seal_valid: bool | None = None
 
     @cached_property
-    def authentication_results(self) -> ArcAuthResults:
-        text = message.unfold(self.aar)
-        match = _AAR_INSTANCE.match(text)
-        return parse_aar_payload(text[match.end() :] if match else text)
+    def authentication_results(self) -> ParsedResults:
+        return parse_results(aar_payload(self.aar))
 
 
 @dataclass(frozen=True)
@@ -305,12 +266,10 @@ class _Field:
     kind: str  # AAR, AMS or AS
     instance: int
     header: Header
-    tags: Mapping[bytes, bytes] = field(default_factory=dict)  # AMS and AS only
+    tags: Mapping[str, bytes] = field(default_factory=dict)  # AMS and AS only
 
 
 _WSP = re.compile(r"[ \t\r\n]+")
-_AAR_INSTANCE = re.compile(r"\s*i\s*=\s*([0-9]+)\s*;")
-_INSTANCE = re.compile(r"[0-9]{1,2}")
 
 
 def _unfold(value: str) -> str:
@@ -319,36 +278,36 @@ def _unfold(value: str) -> str:
 
 
 def _arc_fields(headers: Iterable[Header]) -> list[Header]:
-    return [header for header in headers if header.name.lower() in _KINDS]
+    return [header for header in headers if kind_of(header.name) is not None]
 
 
 def _parse_field(header: Header, limits: ArcLimits) -> _Field:
-    kind = header.name.lower()
-    name = _DISPLAY[kind]
+    kind = kind_of(header.name)
+    assert kind is not None  # _arc_fields chose it
+    name = DISPLAY[kind]
     if len(header.value) > limits.max_field_bytes:
         raise _Structure(f"{name} field longer than {limits.max_field_bytes} bytes")
     if kind == AAR:
-        text = message.unfold(header.value)
-        match = _AAR_INSTANCE.match(text)
-        if match is None:
+        split = split_aar(header.value)
+        if split is None:
             raise _Structure(f"{name} does not start with i=<instance>;")
-        instance = _instance_value(match.group(1), name)
+        instance = _instance_value(split[0], name)
         return _Field(kind, instance, header)
     try:
-        tags = dkim.util.parse_tag_value(_unfold(header.value).encode("utf-8", "surrogateescape"))
-    except dkim.util.InvalidTagValueList as exc:
+        tags = parse_tag_list(_unfold(header.value).encode("utf-8", "surrogateescape"))
+    except TagListError as exc:
         raise _Structure(f"{name} has a malformed tag list: {_short(exc)}") from None
-    if b"i" not in tags:
+    if "i" not in tags:
         raise _Structure(f"{name} has no i= tag")
-    instance = _instance_value(tags[b"i"].decode("ascii", "replace"), name)
+    instance = _instance_value(tags["i"].decode("ascii", "replace"), name)
     return _Field(kind, instance, header, tags=tags)
 
 
 def _instance_value(text: str, name: str) -> int:
     """RFC 8617 4.2.1: instance-val = 1*2DIGIT, 1..50."""
-    if not _INSTANCE.fullmatch(text) or int(text) < 1:
+    value = instance_number(text)
+    if value is None:
         raise _Structure(f"{name} has an invalid instance i={_printable(text)[:20]}")
-    value = int(text)
     if value > MAX_INSTANCES:
         raise _Structure(f"more than {MAX_INSTANCES} ARC sets (i={value})")
     return value
@@ -360,7 +319,7 @@ def _group(fields: Sequence[_Field]) -> dict[int, dict[str, _Field]]:
     for item in fields:
         kinds = sets.setdefault(item.instance, {})
         if item.kind in kinds:
-            raise _Structure(f"duplicate {_DISPLAY[item.kind]} for i={item.instance}")
+            raise _Structure(f"duplicate {DISPLAY[item.kind]} for i={item.instance}")
         kinds[item.kind] = item
     return sets
 
@@ -369,16 +328,16 @@ def _check_structure(sets: Mapping[int, Mapping[str, _Field]]) -> int:
     """RFC 8617 5.2 steps 2 and 3; returns N, the newest instance."""
     newest = max(sets)
     seal = sets[newest].get(AS)
-    if seal is not None and seal.tags.get(b"cv") == b"fail":
+    if seal is not None and seal.tags.get("cv") == b"fail":
         raise _Structure(f"ARC-Seal i={newest} reports cv=fail: the chain was already broken")
     for number in range(1, newest + 1):
         kinds = sets.get(number)
         if kinds is None:
             raise _Structure(f"ARC set i={number} is missing (instances must be 1..{newest})")
-        for kind in _KINDS:
+        for kind in KINDS:
             if kind not in kinds:
-                raise _Structure(f"missing {_DISPLAY[kind]} for i={number}")
-        cv = kinds[AS].tags.get(b"cv")
+                raise _Structure(f"missing {DISPLAY[kind]} for i={number}")
+        cv = kinds[AS].tags.get("cv")
         expected = b"none" if number == 1 else b"pass"
         if cv != expected:
             shown = "no cv=" if cv is None else f"cv={_printable(cv.decode('ascii', 'replace'))}"
@@ -390,54 +349,25 @@ def _check_structure(sets: Mapping[int, Mapping[str, _Field]]) -> int:
     return newest
 
 
-_CANONS = (b"simple", b"relaxed")
 _AMS_REQUIRED = [b"i", b"a", b"b", b"bh", b"d", b"h", b"s"]
 _AS_REQUIRED = [b"i", b"a", b"b", b"cv", b"d", b"s"]
 
 
 def _validate_signature_tags(item: _Field, number: int) -> None:
     """Tag checks dkimpy makes before verifying (RFC 8617 4.1.2, 4.1.3)."""
-    name = f"{_DISPLAY[item.kind]} i={number}"
+    name = f"{DISPLAY[item.kind]} i={number}"
     required = _AMS_REQUIRED if item.kind == AMS else _AS_REQUIRED
     try:
-        dkim.validate_signature_fields(dict(item.tags), list(required), True)
+        fields = {name.encode("ascii"): value for name, value in item.tags.items()}
+        dkim.validate_signature_fields(fields, list(required), True)
     except (dkim.DKIMException, ValueError) as exc:
         # ValueError: a t= or x= of more digits than int() accepts.
         raise _Structure(f"{name}: {_short(exc)}") from None
     if item.kind == AMS:
-        signed = [part.strip().lower() for part in item.tags[b"h"].split(b":")]
-        if AS.encode() in signed:
+        if AS.encode() in colon_list(item.tags["h"]):
             raise _Structure(f"{name} signs ARC-Seal, which RFC 8617 4.1.2 forbids")
-    elif b"h" in item.tags:
+    elif "h" in item.tags:
         raise _Structure(f"{name} has an h= tag, which RFC 8617 4.1.3 forbids")
-
-
-def parse_aar_payload(payload: str) -> ArcAuthResults:
-    """An AAR payload (the A-R value after `i=N;`) as typed results; never raises."""
-    try:
-        header = authres.AuthenticationResultsHeader.parse_value(payload)
-    except authres.AuthResError as exc:
-        return ArcAuthResults(_authserv_id_guess(payload), (), _short(exc))
-    results = []
-    for item in header.results:
-        method = getattr(item, "method", None)
-        if not method:
-            continue  # "none": the sealer had no results to record
-        properties = tuple(
-            AuthProperty(str(prop.type).lower(), str(prop.name).lower(), str(prop.value or ""))
-            for prop in item.properties
-        )
-        reason = str(item.reason) if item.reason else None
-        results.append(
-            AuthResult(str(method).lower(), str(item.result or "").lower(), reason, properties)
-        )
-    authserv_id = str(header.authserv_id) if header.authserv_id else None
-    return ArcAuthResults(authserv_id, tuple(results))
-
-
-def _authserv_id_guess(payload: str) -> str | None:
-    first = payload.split(";", 1)[0].strip()
-    return first or None
 
 
 # --------------------------------------------------------------------------- crypto
@@ -474,8 +404,6 @@ class _Checker:
         self._body_complete = not transaction.body_truncated
         self._transaction = transaction
         self._view: MessageView | None = None
-        self._body = message.to_crlf(transaction.body)
-        self._canonical_bodies: dict[str, bytes] = {}
         self.notes: dict[tuple[str, int], str] = {}
 
     def ams(self, number: int) -> _Sig:
@@ -486,48 +414,46 @@ class _Checker:
         if self._out_of_time(AMS, number):
             return _Sig.UNKNOWN
         sig = dict(item.tags)
-        sig.setdefault(b"c", b"relaxed/relaxed")
+        sig.setdefault("c", b"relaxed/relaxed")
         problem = self._body_problem(sig)
         if problem:
             self.notes[(AMS, number)] = problem
             return _Sig.INVALID
-        include = [part.strip().lower() for part in sig[b"h"].split(b":")]
-        include = [name for name in include if name]
+        include = colon_list(sig["h"])
         if b"from" in include:
             # As dkimpy (its bug#644046): a From added above the signed one breaks the
             # signature, as an unsigned From breaks a DKIM signature here.
             include.append(b"from")
         if self._out_of_time(AMS, number):
             return _Sig.UNKNOWN
+        algorithms = parse_canonicalization(sig["c"])
+        assert algorithms is not None  # _body_problem checked it
+        own = (message.header_name_bytes(item.header), message.header_value_bytes(item.header))
+        data = signed_data(self._message(), include, algorithms[0], own)
+        return self._verify(data, AMS, number, sig)
+
+    def _message(self) -> MessageView:
         if self._view is None:
             self._view = MessageView(self._transaction)
-        canon = sig[b"c"].partition(b"/")[0].decode()
-        own = (message.header_name_bytes(item.header), message.header_value_bytes(item.header))
-        return self._verify(signed_data(self._view, include, canon, own), AMS, number, sig)
+        return self._view
 
-    def _body_problem(self, sig: Mapping[bytes, bytes]) -> str:
+    def _body_problem(self, sig: Mapping[str, bytes]) -> str:
         """Why the AMS body hash (bh=, over l= bytes if given) does not match, or ""."""
-        _, slash, body_canon = sig[b"c"].partition(b"/")
-        canon = body_canon if slash else b"simple"
-        if sig[b"c"].partition(b"/")[0] not in _CANONS or canon not in _CANONS:
-            return f"invalid c= value: {_printable(sig[b'c'].decode('ascii', 'replace'))[:40]}"
-        body = self._canonical_body(canon.decode())
-        if b"l" in sig:
-            if not sig[b"l"].isdigit():
+        algorithms = parse_canonicalization(sig["c"])
+        if algorithms is None:
+            return f"invalid c= value: {_printable(sig['c'].decode('ascii', 'replace'))[:40]}"
+        body = self._message().canonical_body(algorithms[1])
+        if "l" in sig:
+            if not sig["l"].isdigit():
                 return "l= value is not a decimal integer"
-            body = body[: int(sig[b"l"])]
+            body = body[: int(sig["l"])]
         try:
-            expected = base64.b64decode(re.sub(rb"\s+", b"", sig[b"bh"]), validate=True)
+            expected = base64.b64decode(re.sub(rb"\s+", b"", sig["bh"]), validate=True)
         except binascii.Error:
             return "bh= value is not valid base64"
         if hashlib.sha256(body).digest() != expected:  # a=rsa-sha256 is ARC's only algorithm
             return "body hash did not verify"
         return ""
-
-    def _canonical_body(self, canon: str) -> bytes:
-        if canon not in self._canonical_bodies:
-            self._canonical_bodies[canon] = canonicalize_body(self._body, canon)
-        return self._canonical_bodies[canon]
 
     def seal(self, number: int) -> _Sig:
         item = self._sets[number][AS]
@@ -536,19 +462,19 @@ class _Checker:
         # RFC 8617 4.1.3, 5.1.1: relaxed header canonicalization only, no body; the input
         # is the AAR, AMS and AS of sets 1..i by instance number (not by field position),
         # the AS of set i last with b= emptied and without a final CRLF.
-        sealed = [self._sets[n][kind].header for n in range(1, number + 1) for kind in _KINDS]
+        sealed = [self._sets[n][kind].header for n in range(1, number + 1) for kind in KINDS]
         parts = [_relaxed(header) for header in sealed[:-1]]
         own = item.header
-        stripped = strip_b_value(message.header_value_bytes(own))
-        parts.append(relaxed_header(message.header_name_bytes(own), stripped)[:-2])
+        parts.append(signature_header_data(
+            Canon.RELAXED, message.header_name_bytes(own), message.header_value_bytes(own)))
         return self._verify(b"".join(parts), AS, number, item.tags)
 
     def _verify(
-        self, data: bytes, kind: str, number: int, sig: Mapping[bytes, bytes]
+        self, data: bytes, kind: str, number: int, sig: Mapping[str, bytes]
     ) -> _Sig:
         """Check b= over the canonical `data` with the key at s=._domainkey.d=."""
-        selector = sig[b"s"].decode("utf-8", "replace").lower()
-        domain = sig[b"d"].decode("utf-8", "replace").lower()
+        selector = sig["s"].decode("utf-8", "replace").lower()
+        domain = sig["d"].decode("utf-8", "replace").lower()
         key = self._keys.get(selector, domain)
         if isinstance(key, KeyFailure):
             if key.result is DkimResult.TEMPERROR:
@@ -561,7 +487,7 @@ class _Checker:
             self.notes[(kind, number)] = problem
             return _Sig.INVALID
         try:
-            signature = base64.b64decode(re.sub(rb"\s+", b"", sig[b"b"]))
+            signature = base64.b64decode(re.sub(rb"\s+", b"", sig["b"]))
         except binascii.Error:
             self.notes[(kind, number)] = "b= value is not valid base64"
             return _Sig.INVALID
@@ -644,12 +570,6 @@ class ArcVerifier:
         checker = _Checker(self._keys, sets, newest, transaction, self._limits, self._clock)
         return _validate(checker, sets, newest)
 
-    def check(
-        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
-    ) -> Sequence[AuthResult]:
-        """The A-R result for one message (the pipeline's InboundCheck shape)."""
-        return (auth_result(self.verify(transaction), connection.client_ip),)
-
 
 def _validate(
     checker: _Checker, sets: Mapping[int, Mapping[str, _Field]], newest: int
@@ -720,11 +640,11 @@ def _instances(
         instances.append(
             ArcInstance(
                 instance=number,
-                sealer=_tag(seal, b"d").lower(),
-                selector=_tag(seal, b"s"),
-                cv=_tag(seal, b"cv"),
-                ams_domain=_tag(signature, b"d").lower(),
-                ams_selector=_tag(signature, b"s"),
+                sealer=_tag(seal, "d").lower(),
+                selector=_tag(seal, "s"),
+                cv=_tag(seal, "cv"),
+                ams_domain=_tag(signature, "d").lower(),
+                ams_selector=_tag(signature, "s"),
                 aar=aar.header.value,
                 ams_valid=known(ams.get(number)),
                 seal_valid=known(seals.get(number)),
@@ -733,7 +653,7 @@ def _instances(
     return tuple(instances)
 
 
-def _tag(item: _Field, name: bytes) -> str:
+def _tag(item: _Field, name: str) -> str:
     return _printable(item.tags.get(name, b"").decode("utf-8", "replace"))
 
 

@@ -76,10 +76,13 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
-from mailward import message, metrics
+from mailward import fromheader, message, metrics
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
-from mailward.checks.dkim_dns import MAX_KEY_RECORD_BYTES
 from mailward.config import DkimVerifySettings
+from mailward.dkimcore.canon import parse_canonicalization
+from mailward.dkimcore.taglist import TagListError, colon_list, lenient_tags, parse_tag_list
+from mailward.dkimcore.text import printable as _printable
+from mailward.dkimcore.view import MessageView, signed_data
 from mailward.dns import Outcome, Resolver
 from mailward.model import AuthProperty, AuthResult, Connection, Header, Transaction
 from mailward.ttlcache import TtlCache
@@ -91,8 +94,8 @@ SIGNATURE_HEADER = "DKIM-Signature"
 
 # Parsed keys kept per process (selector, domain pairs), each for its DNS TTL.
 KEY_CACHE_ENTRIES = 10_000
-# Longest value reported in A-R for d=, s=, a= or i= (a domain name has at most 253).
-_MAX_REPORTED = 255
+# RFC 6376 3.6.2.2: the key record is one TXT record; an absurdly long one is not a key.
+MAX_KEY_RECORD_BYTES = 16384
 B_PREFIX_LENGTH = 8
 
 
@@ -162,136 +165,7 @@ class DkimOutcome:
     testing: bool = False
 
 
-# --------------------------------------------------------------------------- tag lists
-
-_WS = b" \t\r\n"
-_TAG_NAME = re.compile(rb"[A-Za-z][A-Za-z0-9_]*")
-_WSP_RUN = re.compile(rb"[ \t]+")
 _ALL_WS = re.compile(rb"[ \t\r\n]+")
-
-
-class TagListError(ValueError):
-    """A tag=value list (RFC 6376 3.2) that does not parse."""
-
-
-def parse_tag_list(data: bytes) -> dict[str, bytes]:
-    """Parse an RFC 6376 3.2 tag list: names are case-sensitive, values stripped of FWS.
-
-    A trailing ";" is allowed; an empty tag-spec elsewhere, a spec without "=", a bad
-    tag name or a duplicate tag raise TagListError.
-    """
-    tags: dict[str, bytes] = {}
-    specs = data.split(b";")
-    if not specs[-1].strip(_WS):
-        specs.pop()
-    for spec in specs:
-        name, eq, value = spec.partition(b"=")
-        name = name.strip(_WS)
-        if not eq or not _TAG_NAME.fullmatch(name):
-            raise TagListError(f"malformed tag {_printable(spec.strip(_WS), 20)!r}")
-        key = name.decode("ascii")
-        if key in tags:
-            raise TagListError(f"duplicate tag {key}=")
-        tags[key] = value.strip(_WS)
-    return tags
-
-
-def _lenient_tags(data: bytes) -> dict[str, bytes]:
-    """What can be read from a tag list that may not parse: first value of each name."""
-    tags: dict[str, bytes] = {}
-    for spec in data.split(b";"):
-        name, eq, value = spec.partition(b"=")
-        key = name.strip(_WS)
-        if eq and _TAG_NAME.fullmatch(key):
-            tags.setdefault(key.decode("ascii"), value.strip(_WS))
-    return tags
-
-
-def _printable(value: bytes | str, limit: int = _MAX_REPORTED) -> str:
-    """`value` fit for a log line or an A-R pvalue: printable ASCII, bounded."""
-    value = value[: limit * 4 + 16]  # bounded work on absurd values
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    text = " ".join(text.split())
-    if not (text.isascii() and text.isprintable()):
-        text = "".join(char if " " <= char <= "~" else "?" for char in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def strip_b_value(value: bytes) -> bytes:
-    """The signature header value with b='s value (and the white space around it) removed.
-
-    RFC 6376 3.7: the value of b= is treated as empty when hashing the header.  Tags are
-    found by the tag-list syntax, not by a pattern, so no other tag is touched.
-    """
-    specs = value.split(b";")
-    for index, spec in enumerate(specs):
-        name, eq, _ = spec.partition(b"=")
-        if eq and name.strip(_WS) == b"b":
-            specs[index] = spec[: len(name) + 1]
-    return b";".join(specs)
-
-
-# --------------------------------------------------------------------------- canonicalization
-
-
-def content_end(data: bytes) -> int:
-    """Length of `data` without its trailing run of CRLF pairs ("empty lines"), in O(n).
-
-    The trailing run is the longest suffix that is a whole number of b"\\r\\n"; a lone
-    CR or LF before it belongs to the content.
-    """
-    window = data[-64:]  # rstrip copies: look at the end first, the whole only if needed
-    kept = len(window.rstrip(b"\r\n"))
-    tail_start = len(data) - len(window) + kept if kept else len(data.rstrip(b"\r\n"))
-    tail = data[tail_start:]
-    if not tail.endswith(b"\n"):
-        return len(data)
-    # In the tail (only CR and LF), the CRLF run is the alternating stretch at its end.
-    start = max(tail.rfind(b"\r\r"), tail.rfind(b"\n\n")) + 1
-    if tail[start : start + 1] == b"\n":
-        start += 1
-    return tail_start + start
-
-
-def canonicalize_body(body: bytes, algorithm: str) -> bytes:
-    """The body canonicalized as RFC 6376 3.4.3 (simple) or 3.4.4 (relaxed); linear time.
-
-    Line ends must already be CRLF (`message.to_crlf`).  A non-empty body without a final
-    CRLF gets one before the rules apply.
-    """
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    if algorithm == "relaxed":
-        body = compress_wsp(body).replace(b" \r\n", b"\r\n")
-    end = content_end(body)
-    if not end:
-        return b"" if algorithm == "relaxed" else b"\r\n"
-    if end == len(body) - 2:
-        return body  # already ends in exactly one CRLF: no copy
-    return body[:end] + b"\r\n"
-
-
-def compress_wsp(data: bytes) -> bytes:
-    """Every run of spaces and tabs as one space.
-
-    Done with bytes.replace, which runs at memory speed: tabs become spaces, then double
-    spaces are halved until none is left (log2 of the longest run passes, each over a
-    shrinking buffer).  A regular expression does the same an order of magnitude slower,
-    which matters for multi-megabyte bodies.
-    """
-    data = data.replace(b"\t", b" ")
-    while True:
-        halved = data.replace(b"  ", b" ")
-        if len(halved) == len(data):
-            return data
-        data = halved
-
-
-def relaxed_header(name: bytes, value: bytes) -> bytes:
-    """One header field canonicalized as RFC 6376 3.4.2 (relaxed), with its CRLF."""
-    unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
-    compact = _WSP_RUN.sub(b" ", unfolded).strip(b" ")
-    return name.lower().rstrip(b" \t") + b":" + compact + b"\r\n"
 
 
 # --------------------------------------------------------------------------- signatures
@@ -316,7 +190,6 @@ _ALGORITHMS = {
     "rsa-sha1": ("rsa", "sha1"),
     "ed25519-sha256": ("ed25519", "sha256"),
 }
-_CANONICALIZATIONS = ("simple", "relaxed")
 _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _DIGITS = re.compile(rb"[0-9]{1,20}")
@@ -357,9 +230,7 @@ def _parse_signature(value: bytes, now: float, skew: int) -> tuple[_Signature, s
         )
     key_type, hash_name = _ALGORITHMS[algorithm]
     header_canon, body_canon = _canonicalization(tags.get("c", b"simple/simple"))
-    if "q" in tags and b"dns/txt" not in (
-        part.strip(_WS).lower() for part in tags["q"].split(b":")
-    ):
+    if "q" in tags and b"dns/txt" not in colon_list(tags["q"]):
         raise _permerror(DkimProblem.ALGORITHM, "q= does not include dns/txt")
     domain = _domain_name(tags["d"])
     if domain is None:
@@ -367,10 +238,7 @@ def _parse_signature(value: bytes, now: float, skew: int) -> tuple[_Signature, s
     selector = _selector_name(tags["s"])
     if selector is None:
         raise _permerror(DkimProblem.SYNTAX, "s= is not a valid selector")
-    # Empty entries ("h=from:to:") are tolerated, as other verifiers do.
-    signed = tuple(
-        name for name in (part.strip(_WS).lower() for part in tags["h"].split(b":")) if name
-    )
+    signed = tuple(colon_list(tags["h"]))
     if not all(_header_name_ok(name) for name in signed):
         raise _permerror(DkimProblem.SYNTAX, "h= is not a list of header names")
     if b"from" not in signed:
@@ -406,13 +274,11 @@ def _parse_signature(value: bytes, now: float, skew: int) -> tuple[_Signature, s
 
 
 def _canonicalization(value: bytes) -> tuple[str, str]:
-    text = value.decode("ascii", "replace").lower()
-    header, slash, body = text.partition("/")
-    if not slash:
-        body = "simple"  # RFC 6376 3.5: c=relaxed means relaxed/simple
-    if header not in _CANONICALIZATIONS or body not in _CANONICALIZATIONS:
+    algorithms = parse_canonicalization(value)
+    if algorithms is None:
+        text = value.decode("ascii", "replace").lower()
         raise _permerror(DkimProblem.ALGORITHM, f"unsupported c={_printable(text, 30)}")
-    return header, body
+    return algorithms
 
 
 def _domain_name(value: bytes) -> str | None:
@@ -542,9 +408,7 @@ def parse_key_record(record: bytes) -> DkimKey:
 
 
 def _colon_list(value: bytes) -> frozenset[str]:
-    return frozenset(
-        part.strip(_WS).lower().decode("ascii", "replace") for part in value.split(b":")
-    ) - {""}
+    return frozenset(part.decode("ascii", "replace") for part in colon_list(value))
 
 
 class KeyFetcher:
@@ -592,64 +456,6 @@ class KeyFetcher:
         """The key (or why there is none), from the cache or else from DNS."""
         cached = self.cached(selector, domain)
         return cached if cached is not None else self.fetch(selector, domain)
-
-
-# --------------------------------------------------------------------------- the message
-
-
-class MessageView:
-    """One message as the signatures see it; canonical forms are computed once, lazily."""
-
-    def __init__(self, transaction: Transaction) -> None:
-        self.truncated = transaction.body_truncated
-        self._transaction = transaction
-        self.headers = [
-            (message.header_name_bytes(h), message.header_value_bytes(h) + message.CRLF)
-            for h in transaction.headers
-        ]
-        self._lower = [name.lower().rstrip(b" \t") for name, _ in self.headers]
-        self._relaxed: dict[int, bytes] = {}
-        self._bodies: dict[str, bytes] = {}
-        self._digests: dict[tuple[str, str, int | None], bytes | None] = {}
-        self.from_count = self._lower.count(b"from")
-
-    def body_digest(self, canon: str, hash_name: str, length: int | None) -> bytes | None:
-        """Digest of the canonical body (its first `length` octets); None if it is shorter."""
-        key = (canon, hash_name, length)
-        if key not in self._digests:
-            body = self._bodies.get(canon)
-            if body is None:
-                body = canonicalize_body(message.to_crlf(self._transaction.body), canon)
-                self._bodies[canon] = body
-            if length is not None and length > len(body):
-                self._digests[key] = None
-            else:
-                data = body if length is None else memoryview(body)[:length]
-                self._digests[key] = hashlib.new(hash_name, data).digest()
-        return self._digests[key]
-
-    def select(self, signed: Sequence[bytes]) -> list[int]:
-        """Indexes of the headers h= names, each name taking instances bottom-up."""
-        chosen = []
-        last: dict[bytes, int] = {}
-        for name in signed:
-            index = last.get(name, len(self._lower))
-            while index > 0:
-                index -= 1
-                if self._lower[index] == name:
-                    chosen.append(index)
-                    break
-            last[name] = index
-        return chosen
-
-    def header(self, index: int, canon: str) -> bytes:
-        name, value = self.headers[index]
-        if canon == "simple":
-            return name + b":" + value
-        cached = self._relaxed.get(index)
-        if cached is None:
-            cached = self._relaxed[index] = relaxed_header(name, value)
-        return cached
 
 
 # --------------------------------------------------------------------------- the verifier
@@ -700,7 +506,7 @@ class DkimVerifier:
         cap = self._settings.max_signatures
         chosen = signatures
         if len(signatures) > cap:
-            chosen = self._choose(signatures, message.from_domain(transaction), cap)
+            chosen = self._choose(signatures, fromheader.author_domain(transaction), cap)
         view = MessageView(transaction)
         now = self._clock()
         outcomes = [self._verify_one(pos, header, view, now) for pos, header in chosen]
@@ -711,18 +517,6 @@ class DkimVerifier:
         outcomes.sort(key=lambda outcome: outcome.position)
         self._record(transaction, outcomes, ignored)
         return tuple(outcomes)
-
-    def check(
-        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
-    ) -> Sequence[AuthResult]:
-        """The pipeline's InboundCheck interface: A-R results for this message.
-
-        With `[dkim] verify = false` there are none (not even dkim=none: nothing was
-        checked).
-        """
-        if not self._settings.verify:
-            return ()
-        return auth_results(self.verify(transaction))
 
     # -- choosing
 
@@ -735,7 +529,7 @@ class DkimVerifier:
             return signatures[:cap]
 
         def related(header: Header) -> bool:
-            value = _lenient_tags(header.raw_value()).get("d", b"")
+            value = lenient_tags(header.raw_value()).get("d", b"")
             domain = value.decode("utf-8", "replace").strip().rstrip(".").lower()
             return "." in domain and (  # a bare TLD is nobody's domain
                 domain == author_domain
@@ -877,26 +671,6 @@ def _first_key(records: Iterable[bytes]) -> DkimKey | KeyFailure:
     return first
 
 
-def signed_data(
-    view: MessageView, signed_headers: Sequence[bytes], canon: str, own: tuple[bytes, bytes]
-) -> bytes:
-    """The canonical header data a signature covers (RFC 6376 3.7, RFC 8617 4.1.2).
-
-    The headers named in `signed_headers` (lower-case names, h= order, repeated names
-    taken bottom-up, absent ones contributing nothing) in `canon` ("simple" or
-    "relaxed") form, then the signature field itself (`own`: its name as written and
-    its value) with b= emptied and without a final CRLF.
-    """
-    parts = [view.header(index, canon) for index in view.select(signed_headers)]
-    name, value = own
-    stripped = strip_b_value(value)
-    if canon == "simple":
-        parts.append(name + b":" + stripped)
-    else:
-        parts.append(relaxed_header(name, stripped)[:-2])
-    return b"".join(parts)
-
-
 def signature_valid(key: DkimKey, hash_name: str, signature: bytes, data: bytes) -> bool:
     """Does `signature` (b=, decoded) sign `data` with `key`?  `hash_name`: sha256 or sha1
     (RSA only; Ed25519 always signs the SHA-256 hash, RFC 8463 3)."""
@@ -913,7 +687,7 @@ def signature_valid(key: DkimKey, hash_name: str, signature: bytes, data: bytes)
 
 def _reported(position: int, raw: bytes) -> DkimOutcome:
     """An outcome with what the signature says about itself, read leniently."""
-    tags = _lenient_tags(raw)
+    tags = lenient_tags(raw)
     return DkimOutcome(
         result=DkimResult.NEUTRAL,
         domain=_printable(tags.get("d", b"")).lower(),

@@ -41,14 +41,6 @@ import random as random_module
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from email.errors import (
-    HeaderParseError,
-    MessageDefect,
-    NonASCIILocalPartDefect,
-    ObsoleteHeaderDefect,
-    UndecodableBytesDefect,
-)
-from email.policy import default as _default_policy
 from enum import StrEnum
 from typing import Protocol
 
@@ -57,7 +49,9 @@ from mailward.checks import dkim as dkim_check
 from mailward.checks import spf as spf_check
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.config import DmarcSettings, MissingFromAction, MultipleFromAction
+from mailward.dkimcore.text import short as _short
 from mailward.dns import Outcome, Resolver
+from mailward.fromheader import AuthorDomains, FromProblem, author_domains, from_header_values
 from mailward.model import AuthProperty, AuthResult, Connection, Transaction
 from mailward.orgdomain import (
     OrgDomain,
@@ -76,15 +70,8 @@ from mailward.orgdomain import (
 METHOD = "dmarc"
 log = logging.getLogger("mailward.dmarc")
 
-# Bounds on hostile input.  The email package's address parser is super-linear in the
-# number of addresses and recursive in comment nesting: a From value longer than this
-# is not parsed (RFC 5322 lines are at most 998 characters; a From needs far fewer).
-MAX_FROM_LENGTH = 2048
-# ... and all From fields of a message together (it takes the parser ~0.1 s to reject
-# the worst 2048 characters; a message must not buy more than a few of those).
-MAX_FROM_TOTAL_LENGTH = 2 * MAX_FROM_LENGTH
-# From header fields looked at, and author domains evaluated with `evaluate_each`.
-MAX_FROM_HEADERS = 16
+# Author domains evaluated with `evaluate_each` (the From header is read, within its
+# own bounds, by `mailward.fromheader`).
 MAX_FROM_DOMAINS = 8
 # Problems remembered per record (for the log line): a junk record stays one line.
 _MAX_PROBLEMS = 8
@@ -140,12 +127,6 @@ class PolicyOverride(StrEnum):
     LOCAL_POLICY = "local_policy"  # our reject_downgrade option
 
 
-class FromProblem(StrEnum):
-    MISSING = "missing"  # no From header field
-    MULTIPLE = "multiple"  # several From fields, or addresses in several domains
-    INVALID = "invalid"  # a From that cannot be parsed, or without a usable domain
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -171,14 +152,6 @@ class DkimEvidence:
     domain: str
     result: str
     selector: str = ""
-
-
-@dataclass(frozen=True)
-class SpfEvidence:
-    """An SPF outcome as DMARC needs it (for callers without an `SpfOutcome`)."""
-
-    domain: str
-    result: str
 
 
 # --------------------------------------------------------------------------- records
@@ -307,153 +280,6 @@ def _mode(value: str | None, name: str, problems: list[str]) -> AlignmentMode:
         return AlignmentMode.RELAXED
 
 
-def _short(text: str, limit: int = 40) -> str:
-    text = "".join(char if char.isprintable() else "?" for char in text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --------------------------------------------------------------------------- From
-
-
-@dataclass(frozen=True)
-class AuthorDomains:
-    """What the From header fields of a message name as author domains.
-
-    `domains` are distinct, in order, as A-labels.  `problem` is None for the normal
-    case: one From field whose addresses all share one domain.
-    """
-
-    domains: tuple[str, ...]
-    headers: int
-    problem: FromProblem | None = None
-    detail: str = ""
-    non_ascii: bool = False
-
-
-_FOLD = re.compile(r"\r?\n(?=[ \t])")
-# Defects that do not make the address ambiguous: obsolete syntax (a period in a
-# display name, a route), a UTF-8 local part (RFC 6532), undecodable bytes (the domain
-# is checked separately, so they can only be in a display name or local part).
-_TOLERATED_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect, UndecodableBytesDefect)
-# Exceptions the stdlib address parser is known to raise on malformed input ("joe@"
-# raises IndexError; deeply nested comments exhaust the recursion limit).
-_PARSER_ERRORS = (HeaderParseError, IndexError, ValueError, TypeError, AttributeError,
-                  RecursionError)
-
-
-def author_domains(from_values: Sequence[str]) -> AuthorDomains:
-    """The author domains of a message from its raw From header values (RFC 7489 6.6.1).
-
-    Addresses are parsed with the email package (groups, comments, encoded words in
-    display names, UTF-8), and a value that the parser can only read by guessing (an
-    InvalidHeaderDefect: "a@b.com c@d.com", unbalanced brackets) is INVALID: another
-    program might read it differently, which is how From spoofing slips past filters.
-    """
-    count = len(from_values)
-    if count == 0:
-        return AuthorDomains((), 0, FromProblem.MISSING, "no From header")
-    if count > MAX_FROM_HEADERS:
-        return AuthorDomains((), count, FromProblem.MULTIPLE, f"{count} From headers")
-    if sum(len(value) for value in from_values) > MAX_FROM_TOTAL_LENGTH:
-        return AuthorDomains(
-            (), count, FromProblem.INVALID,
-            f"From headers longer than {MAX_FROM_TOTAL_LENGTH} characters in all",
-        )
-    domains: list[str] = []
-    non_ascii = False
-    for value in from_values:
-        parsed = _parse_from(value)
-        if isinstance(parsed, str):
-            return AuthorDomains(tuple(domains), count, FromProblem.INVALID, parsed)
-        for raw, domain in parsed:
-            non_ascii = non_ascii or not raw.isascii()
-            if domain not in domains:
-                domains.append(domain)
-    if count > 1:
-        return AuthorDomains(
-            tuple(domains), count, FromProblem.MULTIPLE, f"{count} From headers", non_ascii
-        )
-    if len(domains) > 1:
-        return AuthorDomains(
-            tuple(domains), count, FromProblem.MULTIPLE,
-            f"From has addresses in {len(domains)} domains", non_ascii,
-        )
-    return AuthorDomains(tuple(domains), count, None, "", non_ascii)
-
-
-# The common, unambiguous shapes of a From value, read without the email package (whose
-# parser costs about as much as the rest of the evaluation): an optional display name of
-# plain words or a simple quoted string, then <dot-atom@domain>; or a bare
-# dot-atom@domain.  Anything else (comments, encoded words, groups, several addresses,
-# quoted local parts, non-ASCII) goes to the email package.  tests/unit/test_dmarc.py
-# checks that both readings agree on everything this pattern accepts.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_DOT_ATOM = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
-_SIMPLE_DOMAIN = r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+"
-_SIMPLE_FROM = re.compile(
-    rf'[ \t]*(?:(?:"[^"\\\r\n]*"|{_ATEXT}+(?:[ \t]+{_ATEXT}+)*)?[ \t]*'
-    rf"<{_DOT_ATOM}@({_SIMPLE_DOMAIN})>|{_DOT_ATOM}@({_SIMPLE_DOMAIN}))[ \t]*"
-)
-
-
-def _parse_from(value: str) -> list[tuple[str, str]] | str:
-    """(domain as written, A-label domain) for each address, or why there are none."""
-    text = _FOLD.sub("", value)
-    if len(text) > MAX_FROM_LENGTH:
-        return f"From header longer than {MAX_FROM_LENGTH} characters"
-    simple = _simple_from(text)
-    return simple if simple is not None else _parse_from_email(text)
-
-
-def _simple_from(text: str) -> list[tuple[str, str]] | str | None:
-    """The fast reading of a From value in one of the simple shapes; None otherwise."""
-    if "=?" in text or not text.isascii():
-        return None
-    match = _SIMPLE_FROM.fullmatch(text)
-    if match is None:
-        return None
-    raw = match.group(1) or match.group(2)
-    domain = _author_domain(raw)
-    if domain is None:
-        return f"From address without a usable domain: {_short(raw)}"
-    return [(raw, domain)]
-
-
-def _parse_from_email(text: str) -> list[tuple[str, str]] | str:
-    """The email package's reading of a From value (RFC 5322, with obsolete syntax)."""
-    try:
-        header = _default_policy.header_factory("From", text)
-        addresses = header.addresses
-        defects: Sequence[MessageDefect] = header.defects
-    except _PARSER_ERRORS as exc:
-        return f"unparseable From header ({type(exc).__name__})"
-    for defect in defects:
-        if not isinstance(defect, _TOLERATED_DEFECTS):
-            return f"malformed From header: {_short(str(defect), 80)}"
-    if not addresses:
-        return "From header has no address"
-    result = []
-    for address in addresses:
-        raw = str(address.domain)
-        domain = _author_domain(raw)
-        if domain is None:
-            shown = _short(raw) if raw else "(none)"
-            return f"From address without a usable domain: {shown}"
-        result.append((raw, domain))
-    return result
-
-
-def _author_domain(raw: str) -> str | None:
-    """A From domain DMARC can evaluate: a multi-label DNS name, not an address literal."""
-    domain = ascii_domain(raw)
-    if domain is None or "." not in domain or domain.rsplit(".", 1)[1].isdigit():
-        return None
-    return domain
-
-
-def from_header_values(transaction: Transaction) -> tuple[str, ...]:
-    """The raw values of the message's From header fields, in order."""
-    return tuple(header.value for _, header in transaction.headers_named("From"))
 
 
 # --------------------------------------------------------------------------- outcome

@@ -43,7 +43,6 @@ from mailward.model import (
     HeaderEdit,
     InsertHeader,
     IPAddress,
-    Transaction,
     strip_angle_brackets,
     unmapped,
 )
@@ -542,16 +541,6 @@ class SpfCheck:
             self._resolver, client_ip, helo, receiver=self._receiver, limits=self._limits
         )
         return (first, second)
-
-    def check(
-        self, connection: Connection, transaction: Transaction, earlier: Sequence[AuthResult]
-    ) -> Sequence[AuthResult]:
-        """A-R results for the connection's client, HELO and the envelope sender."""
-        if connection.client_ip is None:
-            # Not received over SMTP (the pipeline treats this as outbound anyway).
-            return (AuthResult(METHOD, SpfResult.NONE.value, reason="no client address"),)
-        outcomes = self.evaluate(connection.client_ip, connection.helo, transaction.mail_from)
-        return tuple(auth_result(outcome) for outcome in outcomes)
 
 
 # --------------------------------------------------------------------------- the inbound check

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mailward.config import ConfigError, DkimSigningKey, Settings, load_settings
+from mailward.dkimcore.taglist import tag_specs
 
 if TYPE_CHECKING:
     from mailward.dns import Resolver
@@ -116,16 +117,16 @@ class KeyCheck:
 
 
 def parse_tag_list(text: str) -> dict[str, str] | None:
-    """RFC 6376 3.2 tag=value list; None if it is not one (or repeats a tag)."""
+    """A key record's RFC 6376 3.2 tag=value list, values without any white space (so
+    that p= compares with our key); None if it is not one (or repeats a tag).  Empty
+    specs are passed over: this reads what we publish, it does not judge it."""
     tags: dict[str, str] = {}
-    for part in text.split(";"):
-        if not part.strip():
+    for spec in tag_specs(text):
+        if not spec.text:
             continue
-        name, equals, value = part.partition("=")
-        name = name.strip()
-        if not equals or not name or name in tags:
+        if not spec.well_formed or spec.name in tags:
             return None
-        tags[name] = "".join(value.split())
+        tags[spec.name] = "".join(spec.value.split())
     return tags
 
 

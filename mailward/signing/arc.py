@@ -41,20 +41,26 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mailward import authres, metrics
+from mailward import authresults, metrics
 from mailward.config import ConfigProblem, DkimSigningKey, Settings
+from mailward.dkimcore import arcset
+from mailward.dkimcore.canon import (
+    Canon,
+    canonical_headers,
+    canonicalize_body,
+    relaxed_header,
+    signature_header_data,
+)
 from mailward.message import header_name_bytes, header_value_bytes
 from mailward.model import AuthResult, Connection, InsertHeader, Transaction
-from mailward.signing.canon import Canon, canonical_headers, canonicalize_body, relaxed_header
 from mailward.signing.dkim import fold_b64, fold_tags, sign_digest
 from mailward.signing.keys import KeyFileProblem, KeyLoadError, LoadedKey, load_key
 
 log = logging.getLogger(__name__)
 
-AAR = "ARC-Authentication-Results"
-AMS = "ARC-Message-Signature"
-AS = "ARC-Seal"
-MAX_INSTANCE = 50  # RFC 8617 4.2.1
+AAR = arcset.DISPLAY[arcset.AAR]
+AMS = arcset.DISPLAY[arcset.AMS]
+AS = arcset.DISPLAY[arcset.AS]
 
 #: Header fields the AMS signs by default (bottom-up, as present; none oversigned:
 #: an intermediary's signature is about what it saw, not a lock on the message).
@@ -63,10 +69,6 @@ DEFAULT_AMS_HEADERS = (
     "references", "mime-version", "content-type", "content-transfer-encoding",
     "dkim-signature", "list-id", "list-unsubscribe", "list-post", "sender",
 )
-
-_INSTANCE = re.compile(r"(?:^|;)\s*i\s*=\s*(\d+)\s*(?:;|$)")
-_CV = re.compile(r"(?:^|;)\s*cv\s*=\s*([A-Za-z]+)\s*(?:;|$)")
-
 
 @dataclass(frozen=True)
 class ArcSet:
@@ -104,14 +106,12 @@ def existing_sets(
 ) -> tuple[dict[int, dict[str, list[tuple[bytes, bytes]]]], int]:
     """ARC fields by instance and kind, and the highest instance (0: none)."""
     sets: dict[int, dict[str, list[tuple[bytes, bytes]]]] = {}
-    kinds = {AAR.lower(): AAR, AMS.lower(): AMS, AS.lower(): AS}
     for name, value in headers:
-        kind = kinds.get(name.strip(b" \t").decode("ascii", "replace").lower())
+        kind = arcset.kind_of(name.decode("ascii", "replace"))
         if kind is None:
             continue
-        match = _INSTANCE.search(_unfold(value).strip())
-        instance = int(match.group(1)) if match else 0
-        sets.setdefault(instance, {}).setdefault(kind, []).append((name, value))
+        instance = arcset.lenient_instance(kind, value)
+        sets.setdefault(instance, {}).setdefault(arcset.DISPLAY[kind], []).append((name, value))
     return sets, max(sets, default=0)
 
 
@@ -130,41 +130,14 @@ def consolidate_results(headers: Sequence[tuple[bytes, bytes]], authserv_id: str
     wanted = authserv_id.lower()
     results = []
     for name, value in headers:
-        if name.strip().lower() != authres.HEADER_NAME.lower().encode():
+        if name.strip().lower() != authresults.HEADER_NAME.lower().encode():
             continue
         text = " ".join(_unfold(value).split())
-        if authres.authserv_id_of(text) != wanted:
+        if authresults.authserv_id_of(text) != wanted:
             continue
-        parts = _split_resinfo(text)
+        parts = authresults.split_resinfo(text)
         results += [part for part in parts[1:] if part and part.lower() != "none"]
     return results
-
-
-def _split_resinfo(text: str) -> list[str]:
-    """Split at semicolons outside quotes and comments."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth, quoted, escaped = 0, False, False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif quoted:
-            quoted = char != '"'
-        elif char == '"':
-            quoted = True
-        elif char == "(":
-            depth += 1
-        elif char == ")" and depth:
-            depth -= 1
-        elif char == ";" and not depth:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current).strip())
-    return parts
 
 
 # --------------------------------------------------------------------------- sealing
@@ -192,7 +165,7 @@ def _sign_field(
         template = "; ".join("b={b}" if tag == "b" else f"{tag}={value}" for tag, value in tags)
         unsigned = template.replace("{b}", "")
     state = hashlib.sha256(data)
-    state.update(relaxed_header(name.encode(), b" " + unsigned.encode())[:-2])
+    state.update(signature_header_data(Canon.RELAXED, name.encode(), b" " + unsigned.encode()))
     signature = base64.b64encode(sign_digest(key.private_key, state.digest())).decode()
     return template.replace("{b}", fold_b64(signature) if fold else signature)
 
@@ -217,12 +190,12 @@ def seal_message(
         raise ValueError(f"ARC signs with rsa-sha256 only (RFC 8617), not {key.algorithm}")
     status = chain_status.lower()
     sets, top = existing_sets(headers)
-    if top >= MAX_INSTANCE:
-        raise NotSealed("limit", f"the chain has {top} sets, the limit is {MAX_INSTANCE}")
+    if top >= arcset.MAX_INSTANCES:
+        raise NotSealed(
+            "limit", f"the chain has {top} sets, the limit is {arcset.MAX_INSTANCES}")
     if top:
         seals = sets.get(top, {}).get(AS, [])
-        cv = _CV.search(_unfold(seals[-1][1])) if seals else None
-        if cv is not None and cv.group(1).lower() == "fail":
+        if seals and arcset.seal_cv(seals[-1][1]) == "fail":
             raise NotSealed("chain_failed", f"ARC-Seal i={top} says cv=fail: the chain ended")
     if status == "temperror":
         raise NotSealed("temperror", "the chain could not be validated (temperror)")
@@ -244,7 +217,7 @@ def seal_message(
         aar += "; none"
 
     body_hash = base64.b64encode(
-        hashlib.sha256(canonicalize_body(Canon.RELAXED, body)).digest()).decode()
+        hashlib.sha256(canonicalize_body(body, Canon.RELAXED)).digest()).decode()
     # Each listed field once per instance present (absent ones are not listed: later
     # hops may add them, and only the newest AMS has to verify).  Never ARC-Seal.
     present: dict[str, int] = {}
@@ -333,7 +306,7 @@ class ArcSealer:
         try:
             arc_set = seal_message(
                 headers, transaction.body, self.key, self.authserv_id,
-                [authres.format_result(result) for result in results], status,
+                [authresults.format_result(result) for result in results], status,
                 timestamp=int(self._clock()),
             )
         except NotSealed as exc:

@@ -22,8 +22,6 @@ is not.
 from __future__ import annotations
 
 import base64
-import contextlib
-import email.utils
 import hashlib
 import logging
 import time
@@ -34,7 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, utils
 
-from mailward import metrics
+from mailward import fromheader, metrics
 from mailward.config import (
     DkimSignSettings,
     GeneralSettings,
@@ -42,14 +40,15 @@ from mailward.config import (
     SignFailureAction,
     SignOrigin,
 )
-from mailward.message import header_name_bytes, header_value_bytes, header_values
-from mailward.model import Connection, InsertHeader, Transaction
-from mailward.signing.canon import (
+from mailward.dkimcore.canon import (
     Canon,
     canonical_headers,
     canonicalize_body,
+    header_key,
     signature_header_data,
 )
+from mailward.message import header_name_bytes, header_value_bytes
+from mailward.model import Connection, InsertHeader, Transaction
 from mailward.signing.keys import LoadedKey, PrivateKey, load_keys
 from mailward.signing.table import SigningTable
 
@@ -104,7 +103,7 @@ class SignatureOptions:
         once more (RFC 6376 8.15), so that no instance can be added unnoticed."""
         counts: dict[str, int] = {}
         for raw_name, _ in present:
-            key = raw_name.strip(b" \t").lower().decode("ascii", "replace")
+            key = header_key(raw_name).decode("ascii", "replace")
             counts[key] = counts.get(key, 0) + 1
         oversigned = set(self.oversign)
         names: list[str] = []
@@ -128,7 +127,7 @@ def prepare(
     headers: Sequence[tuple[bytes, bytes]], body: bytes, options: SignatureOptions
 ) -> PreparedMessage:
     """Canonicalize and hash `headers` (raw name, raw value) and `body` once."""
-    canonical_body = canonicalize_body(options.body_canon, body)
+    canonical_body = canonicalize_body(body, options.body_canon)
     names = options.h_names(headers)
     state = hashlib.sha256(canonical_headers(options.header_canon, headers, names))
     return PreparedMessage(
@@ -216,33 +215,11 @@ def raw_headers(transaction: Transaction) -> list[tuple[bytes, bytes]]:
     return [(header_name_bytes(h), header_value_bytes(h)) for h in transaction.headers]
 
 
-def _address_domain(address: str) -> str:
-    domain = address.rpartition("@")[2].strip().rstrip(".").lower()
-    if not domain.isascii():
-        # Undecodable: matches no key (configured domains are ASCII), passed unsigned.
-        with contextlib.suppress(UnicodeError):
-            domain = domain.encode("idna").decode("ascii")
-    return domain
-
-
-def author_address(transaction: Transaction) -> tuple[str | None, str]:
-    """The single From address (lower-case domain, A-label), or None and why not."""
-    values = header_values(transaction, "From")
-    if not values:
-        return None, "no_from"
-    if len(values) > 1:
-        return None, "multiple_from"
-    addresses = [
-        address for _, address in email.utils.getaddresses([values[0]])
-        if "@" in address and address.rpartition("@")[0]
-    ]
-    if len(addresses) != 1:
-        return None, "bad_from"
-    local = addresses[0].rpartition("@")[0]
-    domain = _address_domain(addresses[0])
-    if not domain:
-        return None, "bad_from"
-    return f"{local}@{domain}", ""
+_UNSIGNED_REASONS = {
+    fromheader.AddressProblem.NO_FROM: "no From header",
+    fromheader.AddressProblem.MULTIPLE_FROM: "more than one From header",
+    fromheader.AddressProblem.BAD_FROM: "From does not hold exactly one address",
+}
 
 
 class DkimSigner:
@@ -285,19 +262,14 @@ class DkimSigner:
         if not self.origins(connection) & self._origins:
             return self._unsigned(transaction, "not_selected", "origin not in dkim.sign.origins",
                                   logging.DEBUG)
-        address, problem = author_address(transaction)
-        if address is None:
-            reasons = {
-                "no_from": "no From header",
-                "multiple_from": "more than one From header",
-                "bad_from": "From does not hold exactly one address",
-            }
-            return self._unsigned(transaction, problem, reasons[problem], logging.WARNING)
-        keys = self.table.keys_for(address)
+        author = fromheader.author_address(transaction)
+        if isinstance(author, fromheader.AddressProblem):
+            return self._unsigned(transaction, author.value, _UNSIGNED_REASONS[author],
+                                  logging.WARNING)
+        keys = self.table.keys_for(f"{author.local_part}@{author.domain}")
         if not keys:
             return self._unsigned(
-                transaction, "no_key", f"no signing key for {address.rpartition('@')[2]}",
-                logging.INFO,
+                transaction, "no_key", f"no signing key for {author.domain}", logging.INFO,
             )
         if transaction.body_truncated:
             reason = (f"body of {transaction.body_size} bytes exceeds milter.max_body_size "

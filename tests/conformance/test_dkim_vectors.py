@@ -45,9 +45,10 @@ from bench.sockets import SocketSpec
 from mailward.checks.dkim import DkimProblem, DkimResult, DkimVerifier
 from mailward.config import DkimVerifySettings
 from mailward.dns import InMemoryResolver
-from mailward.message import raw_message, transaction_from_bytes
+from mailward.message import raw_message
 from mailward.model import Header, Transaction
 from tests.harness.process import ManagedProcess, unix_accepts, wait_until
+from tests.support.messages import transaction_from_bytes
 
 DATA = Path(__file__).parent / "data" / "dkimpy"
 CANONICALIZATIONS = [

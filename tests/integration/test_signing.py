@@ -24,13 +24,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailward.checks.dkim_dns import dkim_dnsfunc
 from mailward.config import DnsSettings
 from mailward.dns import DnsResolver
 from tests.harness import HarnessError, MailStack, MailwardServices, build_message, zone_text
 from tests.harness.process import ManagedProcess, free_port, tcp_accepts, wait_until
 from tests.harness.services import REPO_ROOT
 from tests.integration.conftest import MailwardFactory
+from tests.support.dkimpy import dkim_dnsfunc
 
 DOMAIN = "example.net"  # the stack's mail domain: recipients and signing domain
 VERIFIER_ID = "verifier.example.net"

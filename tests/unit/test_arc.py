@@ -20,19 +20,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailward.authres import format_header
+from mailward.authresults import ParsedResults, format_header, parse_results
 from mailward.checks.arc import (
-    MAX_INSTANCES,
-    ArcAuthResults,
     ArcLimits,
     ArcOutcome,
     ArcResult,
     ArcVerifier,
     auth_result,
-    parse_aar_payload,
 )
+from mailward.dkimcore.arcset import MAX_INSTANCES
 from mailward.dns import InMemoryResolver
 from mailward.model import AuthProperty, AuthResult, Connection, Header, Transaction
+from tests.support.checks import arc_auth_results
 
 ORIGINAL = (
     b"From: Alice <alice@origin.example>\r\n"
@@ -242,7 +241,7 @@ def test_check_reports_with_the_client_address(
 ) -> None:
     verifier = ArcVerifier(resolver)
     connection = Connection(client_ip=ipaddress.ip_address("192.0.2.7"))
-    (result,) = verifier.check(connection, transaction(chain(private_key)), ())
+    (result,) = arc_auth_results(verifier, connection, transaction(chain(private_key)))
     assert result.method == "arc" and result.result == "pass"
     assert result.properties[-1] == AuthProperty("smtp", "remote-ip", "192.0.2.7")
 
@@ -433,16 +432,16 @@ def sealed_two_hops(private_key: bytes) -> Transaction:
 
 def test_aar_payload_garbage_is_tolerated() -> None:
     for payload in ["", ";;;", "(unclosed", "x.example; dkim=", "x.example; =pass", "\x00\udcff"]:
-        parsed = parse_aar_payload(payload)
+        parsed = parse_results(payload)
         assert parsed.results == ()
         assert not parsed.says("dkim")
-    bad = parse_aar_payload("x.example; dkim=pass header.d=a.example; garbage here")
+    bad = parse_results("x.example; dkim=pass header.d=a.example; garbage here")
     assert bad.error and bad.authserv_id == "x.example"
-    good = parse_aar_payload(" X.example; DKIM=Pass (good) Header.D=A.Example; x-new=hmm")
+    good = parse_results(" X.example; DKIM=Pass (good) Header.D=A.Example; x-new=hmm")
     assert good.error == "" and good.authserv_id == "x.example"  # authres lower-cases it
     assert good.says("dkim", "PASS", {"HEADER.d": "a.example"})
     assert good.results_for("X-New")[0].result == "hmm"
-    assert parse_aar_payload("x.example; none") == ArcAuthResults("x.example", ())
+    assert parse_results("x.example; none") == ParsedResults("x.example", ())
 
 
 # --------------------------------------------------------------------------- could not tell

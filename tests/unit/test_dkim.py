@@ -25,22 +25,25 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailward import authres, message
+from mailward import authresults, fromheader, message
 from mailward.checks import dkim as dkim_check
+from mailward.checks.base import BuildContext
 from mailward.checks.dkim import (
     DkimOutcome,
     DkimProblem,
     DkimResult,
     DkimVerifier,
     auth_results,
-    canonicalize_body,
-    content_end,
-    parse_tag_list,
-    relaxed_header,
 )
-from mailward.config import ConfigError, DkimVerifySettings, parse_settings
+from mailward.config import ConfigError, DkimVerifySettings, Settings, parse_settings
+from mailward.dkimcore import canon as dkim_canon
+from mailward.dkimcore import view as dkim_view
+from mailward.dkimcore.canon import canonicalize_body, content_end, relaxed_header
+from mailward.dkimcore.taglist import parse_tag_list
 from mailward.dns import InMemoryResolver
 from mailward.model import Header, Transaction
+from tests.support.checks import dkim_auth_results
+from tests.support.messages import transaction_from_bytes
 
 NOW = 1_800_000_000  # the wall clock the verifier is given
 
@@ -195,7 +198,7 @@ def verifier(
 
 
 def transaction(raw: bytes, truncated: bool = False) -> Transaction:
-    return replace(message.transaction_from_bytes(raw), body_truncated=truncated)
+    return replace(transaction_from_bytes(raw), body_truncated=truncated)
 
 
 def verify_one(raw: bytes, resolver: InMemoryResolver, **kwargs: Any) -> DkimOutcome:
@@ -216,7 +219,7 @@ def test_raw_message_normalises_folding_to_crlf():
 
 
 def test_transaction_from_bytes_keeps_what_postfix_keeps():
-    txn = message.transaction_from_bytes(
+    txn = transaction_from_bytes(
         b"From mbox-line\nSubject:  spaced \n\tfolded\nX-Empty:\n\nbody\nmore\n"
     )
     assert [(h.name, h.value) for h in txn.headers] == [
@@ -229,16 +232,16 @@ def test_transaction_from_bytes_keeps_what_postfix_keeps():
 
 
 def test_transaction_from_bytes_without_headers():
-    txn = message.transaction_from_bytes(b"\nonly a body\n")
+    txn = transaction_from_bytes(b"\nonly a body\n")
     assert txn.headers == ()
     assert txn.body == b"only a body\r\n"
-    not_a_header = message.transaction_from_bytes(b"no colon here\nsecond\n")
+    not_a_header = transaction_from_bytes(b"no colon here\nsecond\n")
     assert not_a_header.headers == ()
     assert not_a_header.body == b"no colon here\r\nsecond\r\n"
 
 
 def test_header_helpers():
-    txn = message.transaction_from_bytes(
+    txn = transaction_from_bytes(
         b'From: "Doe, Jane" <jane@Example.COM>\nTo: a@x.example, (c) b@y.example\n'
         b"to: c@z.example\n\n"
     )
@@ -246,11 +249,13 @@ def test_header_helpers():
     first = message.first_header(txn, "to")
     assert first is not None and first.value == " a@x.example, (c) b@y.example"
     assert message.first_header(txn, "Cc") is None
-    assert message.from_domain(txn) == "example.com"
-    assert message.address_domains("a@x.example, (c) b@y.example") == ("x.example", "y.example")
+    assert fromheader.author_domain(txn) == "example.com"
+    addresses = fromheader.parse_from("a@x.example, (c) b@y.example")
+    assert not isinstance(addresses, str)
+    assert tuple(address.domain for address in addresses) == ("x.example", "y.example")
     assert message.unfold("a\r\n b\n\tc") == "a b\tc"
-    two_from = message.transaction_from_bytes(b"From: a@a.example\nFrom: b@b.example\n\n")
-    assert message.from_domain(two_from) is None
+    two_from = transaction_from_bytes(b"From: a@a.example\nFrom: b@b.example\n\n")
+    assert fromheader.author_domain(two_from) is None
     assert message.to_crlf(b"a\nb\r\nc\r") == b"a\r\nb\r\nc\r"
     crlf = b"a\r\nb\r\n"
     assert message.to_crlf(crlf) is crlf
@@ -353,7 +358,7 @@ def test_message_from_postfix_with_lf_folding_verifies(keys):
     """Header values as Postfix hands them (LF folds, leading space) verify."""
     key = keys["rsa2048"]
     signed = sign(MESSAGE, key, canon=(b"simple", b"simple")) + MESSAGE
-    txn = message.transaction_from_bytes(signed)
+    txn = transaction_from_bytes(signed)
     assert any("\n" in h.value and "\r" not in h.value for h in txn.headers)
     outcomes = verifier(resolver_with(("sel._domainkey", key.record()))).verify(txn)
     assert [o.result for o in outcomes] == [DkimResult.PASS]
@@ -373,7 +378,7 @@ def test_changed_body_and_changed_header_have_different_reasons(keys):
     assert header_changed.result is DkimResult.FAIL
     assert header_changed.problem is DkimProblem.SIGNATURE
     assert header_changed.reason == "signature did not verify"
-    rendered = [authres.format_result(r) for r in auth_results([body_changed, header_changed])]
+    rendered = [authresults.format_result(r) for r in auth_results([body_changed, header_changed])]
     assert 'reason="body hash did not verify"' in rendered[0]
     assert 'reason="signature did not verify"' in rendered[1]
 
@@ -648,13 +653,13 @@ def test_large_body_is_canonicalized_once_per_algorithm(keys, monkeypatch):
                       (b"relaxed", b"simple"), (b"simple", b"simple"))
     )
     calls: list[str] = []
-    real = dkim_check.canonicalize_body
+    real = dkim_canon.canonicalize_body
 
     def counting(data: bytes, algorithm: str) -> bytes:
         calls.append(algorithm)
         return real(data, algorithm)
 
-    monkeypatch.setattr(dkim_check, "canonicalize_body", counting)
+    monkeypatch.setattr(dkim_view, "canonicalize_body", counting)
     started = time.perf_counter()
     outcomes = verifier(resolver_with(("sel._domainkey", key.record()))).verify(
         transaction(signatures + msg)
@@ -785,7 +790,7 @@ def test_garbage_signatures_are_permerror_without_dns(value: bytes, caplog):
     }
     assert resolver.queries == []
     assert "dkim=permerror" in caplog.text
-    header = authres.format_header("mx.example.net", auth_results([outcome]))
+    header = authresults.format_header("mx.example.net", auth_results([outcome]))
     assert header.isascii() and "\r" not in header
     assert header.count("\n") == 1  # one result, one folded line
 
@@ -795,7 +800,7 @@ def test_garbage_signature_keeps_a_readable_report():
            b"bh=AAAA; b=QUJD REVG\r\n R0hJSktM\r\n" + MESSAGE)
     outcome = verify_one(raw, resolver_with())
     assert outcome.b_prefix == "QUJDREVG"
-    result = authres.format_result(auth_results([outcome])[0])
+    result = authresults.format_result(auth_results([outcome])[0])
     assert 'header.d="ex\\"ample.com"' in result
     assert "header.b=QUJDREVG" in result
 
@@ -803,7 +808,7 @@ def test_garbage_signature_keeps_a_readable_report():
 def test_message_without_headers():
     txn = Transaction(None, "", (), (), body=b"just a body\r\n")
     assert DkimVerifier(resolver_with()).verify(txn) == ()
-    empty = message.transaction_from_bytes(b"")
+    empty = transaction_from_bytes(b"")
     assert DkimVerifier(resolver_with()).verify(empty) == ()
 
 
@@ -829,7 +834,7 @@ def test_non_ascii_in_signature_is_reported_as_ascii():
     # d= with a U-label is converted for the lookup; s= with one is not a selector.
     assert (outcome.result, outcome.problem) == (DkimResult.PERMERROR, DkimProblem.SYNTAX)
     assert outcome.domain == "b?cher.example"
-    assert authres.format_result(auth_results([outcome])[0]).isascii()
+    assert authresults.format_result(auth_results([outcome])[0]).isascii()
 
 
 def test_idn_domain_is_looked_up_as_a_label(keys):
@@ -859,7 +864,7 @@ def test_auth_results():
         outcome, result=DkimResult.FAIL, reason="body hash did not verify",
         problem=DkimProblem.BODY_HASH, identity="@example.com",
     )
-    header = authres.format_header("mx.example.net", auth_results([outcome, failed]))
+    header = authresults.format_header("mx.example.net", auth_results([outcome, failed]))
     assert header == (
         "mx.example.net;\n"
         "\tdkim=pass header.d=example.com header.s=sel header.a=ed25519-sha256"
@@ -874,13 +879,16 @@ def test_check_interface(keys):
     signed = transaction(sign(MESSAGE, key) + MESSAGE)
     check = DkimVerifier(resolver_with(("sel._domainkey", key.record())), clock=lambda: NOW)
     assert check.method == "dkim"
-    results = check.check(None, signed, ())  # type: ignore[arg-type]
+    results = dkim_auth_results(check, signed)
     assert [(r.method, r.result) for r in results] == [("dkim", "pass")]
     props = {p.name: p.value for p in results[0].properties}
     assert props["d"] == "example.com" and props["s"] == "sel"
     assert props["a"] == "rsa-sha256" and len(props["b"]) == 8
-    off = DkimVerifier(resolver_with(), DkimVerifySettings(verify=False))
-    assert off.check(None, signed, ()) == ()  # type: ignore[arg-type]
+    settings = Settings()
+    off_settings = replace(settings, dkim=replace(
+        settings.dkim, verify=DkimVerifySettings(verify=False)))
+    # `[dkim] verify = false`: no DKIM check at all, so not even dkim=none is reported.
+    assert dkim_check.SPEC.build(BuildContext(off_settings, None, resolver_with())) is None
 
 
 def test_signature_b_value_inside_other_tags_is_not_touched(keys):
@@ -894,7 +902,7 @@ def test_signature_b_value_inside_other_tags_is_not_touched(keys):
 def test_body_hash_digest_helper_matches_hashlib():
     body = b"x \r\n\r\n"
     txn = Transaction(None, "", (), (Header("From", " a@example.com"),), body=body)
-    view = dkim_check.MessageView(txn)
+    view = dkim_view.MessageView(txn)
     assert view.body_digest("relaxed", "sha256", None) == hashlib.sha256(b"x\r\n").digest()
     assert view.body_digest("simple", "sha256", 2) == hashlib.sha256(b"x ").digest()
     assert view.body_digest("simple", "sha256", 100) is None

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from mailward.checks.arc import ArcInstance, ArcOutcome, ArcResult
 from mailward.checks.dkim import DkimOutcome, DkimProblem, DkimResult
-from mailward.checks.dmarc import Disposition, DmarcOutcome, DmarcResult, FromProblem
+from mailward.checks.dmarc import Disposition, DmarcOutcome, DmarcResult
 from mailward.config import (
     ArcSettings,
     DmarcSettings,
@@ -17,6 +17,7 @@ from mailward.config import (
     Settings,
 )
 from mailward.dmarc_enforcement import QUARANTINE_HEADER, EnforcementOutcome, annotate, enforce
+from mailward.fromheader import FromProblem
 from mailward.model import Action, AppendHeader, AuthResult
 
 SETTINGS = Settings()

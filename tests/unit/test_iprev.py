@@ -6,7 +6,7 @@ import ipaddress
 
 import authres
 
-from mailward.authres import format_header
+from mailward.authresults import format_header
 from mailward.checks.iprev import IprevResult, auth_result, evaluate_iprev
 from mailward.dns import InMemoryResolver
 

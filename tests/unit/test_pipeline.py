@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 
-from mailward.authres import HEADER_NAME
+from mailward.authresults import HEADER_NAME
 from mailward.config import GeneralSettings, InternalErrorAction, Settings, SpfSettings
 from mailward.dns import DnsAnswer, InMemoryResolver
 from mailward.model import (

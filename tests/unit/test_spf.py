@@ -25,6 +25,7 @@ from mailward.checks.spf import (
 )
 from mailward.dns import InMemoryResolver
 from mailward.model import AuthProperty, AuthResult, Connection, Transaction
+from tests.support.checks import spf_auth_results
 
 CLIENT = ipaddress.ip_address("192.0.2.10")
 OTHER = ipaddress.ip_address("198.51.100.7")
@@ -421,7 +422,8 @@ def test_unexpected_exceptions_are_not_swallowed() -> None:
     with pytest.raises(RuntimeError):
         evaluate_spf(ExplodingResolver(), CLIENT, "h.example.org", "user@example.com")
     with pytest.raises(RuntimeError):
-        SpfCheck(ExplodingResolver()).check(_connection(), _transaction("u@example.com"), ())
+        spf_auth_results(
+            SpfCheck(ExplodingResolver()), _connection(), _transaction("u@example.com"))
 
 
 # --------------------------------------------------------------------------- A-R results
@@ -438,7 +440,7 @@ def _transaction(mail_from: str) -> Transaction:
 
 def test_check_reports_mail_from_and_helo() -> None:
     check = SpfCheck(zone(), check_helo=True)
-    results = check.check(_connection(), _transaction("user@example.com"), ())
+    results = spf_auth_results(check, _connection(), _transaction("user@example.com"))
     assert check.method == "spf"
     assert results == (
         AuthResult("spf", "pass", None, (AuthProperty("smtp", "mailfrom", "user@example.com"),)),
@@ -448,7 +450,8 @@ def test_check_reports_mail_from_and_helo() -> None:
 
 def test_check_without_helo_identity() -> None:
     check = SpfCheck(zone(), check_helo=False)
-    results = check.check(_connection(ip=OTHER), _transaction("<user@explained.example.com>"), ())
+    results = spf_auth_results(
+        check, _connection(ip=OTHER), _transaction("<user@explained.example.com>"))
     assert results == (
         AuthResult(
             "spf", "fail", "198.51.100.7 may not send for explained.example.com",
@@ -459,7 +462,7 @@ def test_check_without_helo_identity() -> None:
 
 def test_check_null_sender_reports_helo_once() -> None:
     check = SpfCheck(zone(), check_helo=True)
-    results = check.check(_connection(ip=OTHER), _transaction("<>"), ())
+    results = spf_auth_results(check, _connection(ip=OTHER), _transaction("<>"))
     assert results == (
         AuthResult("spf", "fail", None, (AuthProperty("smtp", "helo", "mail.example.com"),)),
     )
@@ -469,22 +472,22 @@ def test_check_errors_carry_a_reason() -> None:
     resolver = zone()
     resolver.fail("example.com", "TXT")
     check = SpfCheck(resolver, check_helo=False)
-    (temp,) = check.check(_connection(), _transaction("user@example.com"), ())
+    (temp,) = spf_auth_results(check, _connection(), _transaction("user@example.com"))
     assert temp.result == "temperror"
     assert temp.reason and "example.com/TXT" in temp.reason
-    (perm,) = check.check(_connection(), _transaction("user@broken.example.com"), ())
+    (perm,) = spf_auth_results(check, _connection(), _transaction("user@broken.example.com"))
     assert (perm.result, perm.reason) == ("permerror", "Unknown mechanism found: moo")
 
 
 def test_check_without_client_address() -> None:
     check = SpfCheck(zone())
-    (result,) = check.check(_connection(ip=None), _transaction("user@example.com"), ())
+    (result,) = spf_auth_results(check, _connection(ip=None), _transaction("user@example.com"))
     assert result.result == "none"
 
 
 def test_check_skips_helo_when_none_was_given() -> None:
     check = SpfCheck(zone(), check_helo=True)
-    results = check.check(_connection(helo=None), _transaction("user@example.com"), ())
+    results = spf_auth_results(check, _connection(helo=None), _transaction("user@example.com"))
     assert [r.properties[0].name for r in results] == ["mailfrom"]
 
 

@@ -1,12 +1,10 @@
 """dkimpy's DNS hook (`dnsfunc`), answered by our resolver.
 
-dkimpy looks up key records through a `dnsfunc(name, timeout=...)` argument; handing it
-this function keeps caching, timeouts and metrics in mailward.dns, and keeps DNS
-outcomes meaningful: a temporary failure raises dkimpy's DnsTimeoutError (so the
-signature is `temperror`), while NXDOMAIN/NODATA is "no key" (`permerror`).
-
-Used by the DKIM signing and ARC sealing tests to verify with dkimpy; the verifiers
-themselves fetch keys through mailward.checks.dkim.KeyFetcher.
+Tests verify what Mailward signs and seals with dkimpy, an independent implementation;
+dkimpy looks up key records through a `dnsfunc(name, timeout=...)` argument, and
+handing it this function makes it ask the same resolver (and so the test's nsd) that
+Mailward uses.  DNS outcomes keep their meaning: a temporary failure raises dkimpy's
+DnsTimeoutError (so the signature is `temperror`), while NXDOMAIN/NODATA is "no key".
 """
 
 from __future__ import annotations
@@ -15,12 +13,10 @@ from collections.abc import Callable
 
 import dkim
 
+from mailward.checks.dkim import MAX_KEY_RECORD_BYTES
 from mailward.dns import Outcome, Resolver
 
 DnsFunc = Callable[..., bytes | None]
-
-# RFC 6376 3.6.2.2: the key record is one TXT record; an absurdly long one is not a key.
-MAX_KEY_RECORD_BYTES = 16384
 
 
 def dkim_dnsfunc(resolver: Resolver) -> DnsFunc:

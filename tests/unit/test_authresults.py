@@ -7,7 +7,7 @@ import re
 import authres as authres_lib
 import pytest
 
-from mailward.authres import HEADER_NAME, authserv_id_of, forged_headers, format_header
+from mailward.authresults import HEADER_NAME, authserv_id_of, forged_headers, format_header
 from mailward.model import AuthProperty, AuthResult, Header, RemoveHeader
 
 OURS = "mx.example.net"

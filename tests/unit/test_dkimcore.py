@@ -1,0 +1,96 @@
+"""The shared DKIM/ARC primitives: one tag-list tokenizer for bytes and text, c= values,
+ARC instance numbers as the sealer reads them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailward.dkimcore.arcset import instance_number, lenient_instance, seal_cv, split_aar
+from mailward.dkimcore.canon import Canon, parse_canonicalization
+from mailward.dkimcore.taglist import (
+    TagListError,
+    colon_list,
+    lenient_tags,
+    parse_tag_list,
+    strip_b_value,
+    tag_specs,
+)
+from mailward.orgdomain import split_tags
+
+_PIECES = st.sampled_from(["v", "a", "b", "bh", "=", ";", " ", "\t", "\r\n ", "1", "x-y", "é"])
+
+
+@given(st.lists(_PIECES, max_size=30).map("".join))
+def test_text_and_bytes_are_split_alike(text: str):
+    as_text = [(s.text, s.name, s.value, s.well_formed) for s in tag_specs(text)]
+    as_bytes = [
+        (s.text.decode(), s.name.decode(), s.value.decode(), s.well_formed)
+        for s in tag_specs(text.encode())
+    ]
+    assert as_text == as_bytes
+
+
+def _reference(data: bytes) -> dict[str, bytes] | None:
+    """RFC 6376 3.2 written the obvious way: None where it does not parse."""
+    specs = data.split(b";")
+    if not specs[-1].strip(b" \t\r\n"):
+        specs.pop()
+    tags: dict[str, bytes] = {}
+    for spec in specs:
+        match = re.fullmatch(rb"[ \t\r\n]*([A-Za-z][A-Za-z0-9_]*)[ \t\r\n]*=(.*)", spec, re.S)
+        if match is None or match.group(1).decode() in tags:
+            return None
+        tags[match.group(1).decode()] = match.group(2).strip(b" \t\r\n")
+    return tags
+
+
+@given(st.lists(_PIECES, max_size=30).map(lambda parts: "".join(parts).encode()))
+def test_strict_reading_matches_the_rfc(data: bytes):
+    expected = _reference(data)
+    if expected is None:
+        with pytest.raises(TagListError):
+            parse_tag_list(data)
+    else:
+        assert parse_tag_list(data) == expected
+        assert lenient_tags(data) == expected
+
+
+def test_b_value_is_emptied_and_nothing_else():
+    value = b" v=1; bh=abc;\r\n\tb=SIG\r\n SIG ; z=b=3D1"
+    assert strip_b_value(value) == b" v=1; bh=abc;\r\n\tb=; z=b=3D1"
+    assert strip_b_value(strip_b_value(value)) == strip_b_value(value)
+
+
+def test_readers_share_the_tokenizer():
+    assert colon_list(b" From : to::SUBJECT ") == [b"from", b"to", b"subject"]
+    assert colon_list("dns/txt") == ["dns/txt"]
+    dmarc = split_tags("v=DMARC1; P = Reject ; junk ;; x y=z")
+    assert dmarc.tags == (("v", "DMARC1"), ("p", "Reject"))
+    assert dmarc.junk == ("junk", "x y=z")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"relaxed/relaxed", (Canon.RELAXED, Canon.RELAXED)),
+    (b"relaxed", (Canon.RELAXED, Canon.SIMPLE)),  # RFC 6376 3.5
+    (b"Simple/Relaxed", (Canon.SIMPLE, Canon.RELAXED)),
+    (b"relaxed/", None),
+    (b"nowsp/simple", None),
+])
+def test_canonicalization_values(value: bytes, expected: tuple[Canon, Canon] | None):
+    assert parse_canonicalization(value) == expected
+
+
+def test_arc_instances_as_the_sealer_reads_them():
+    assert split_aar(" i=2; mx.example; spf=pass") == ("2", " mx.example; spf=pass")
+    assert split_aar(" mx.example; i=2; spf=pass") is None
+    assert lenient_instance("arc-authentication-results", b" i=3;\n\tmx.example; none") == 3
+    assert lenient_instance("arc-seal", b" a=rsa-sha256; cv=pass;\r\n\ti=12; b=x") == 12
+    assert lenient_instance("arc-message-signature", b" i=x; a=rsa-sha256") == 0
+    assert seal_cv(b" i=1; cv=Fail; b=x") == "fail"
+    assert seal_cv(b" i=1; b=x") == ""
+    assert [instance_number(text) for text in ("1", "50", "51", "0", "007", "٣")] == [
+        1, 50, 51, None, None, None]
