@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import authresults as authres
 from mailward import dmarc_enforcement, metrics
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
@@ -162,7 +161,8 @@ class Pipeline:
         authserv_id = self.settings.general.authserv_id
         # Only mail we did not originate can carry a forgery of our own results;
         # trusted and authenticated clients keep theirs.
-        edits: list[HeaderEdit] = list(authres.forged_headers(transaction.headers, authserv_id))
+        edits: list[HeaderEdit] = list(
+            authresults.forged_headers(transaction.headers, authserv_id))
         if edits:
             metrics.MILTER_FORGED_AR_REMOVED.inc(len(edits))
             log.info("%s: removing %d forged Authentication-Results claiming %s",
@@ -179,8 +179,8 @@ class Pipeline:
                                  spf_check.dmarc_identity(results.get(spf_check.RESULT)),
                                  results.get(dkim_check.RESULT) or (), decision, transaction)
         auth_results = report.auth_results(decision)
-        edits.append(
-            InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, auth_results)))
+        edits.append(InsertHeader(
+            authresults.HEADER_NAME, authresults.format_header(authserv_id, auth_results)))
         edits.extend(report.header_edits(authserv_id))
         edits.extend(decision.header_edits)
         if (self.sealer is not None and decision.action in (Action.ACCEPT, Action.QUARANTINE)
@@ -231,7 +231,7 @@ class Pipeline:
     def _evaluate_outbound(self, connection: Connection, transaction: Transaction) -> Verdict:
         authserv_id = self.settings.general.authserv_id
         edits: list[HeaderEdit] = [
-            InsertHeader(authres.HEADER_NAME, authres.format_header(authserv_id, ()))
+            InsertHeader(authresults.HEADER_NAME, authresults.format_header(authserv_id, ()))
         ]
         if self.signer is not None:
             try:

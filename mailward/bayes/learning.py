@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mailward.bayes.store import BayesStore, LearnResult, MessageClass, message_digest
 from mailward.bayes.tokenizer import DEFAULT_TOKENIZER, TokenizerSettings, tokenize
-from mailward.message import transaction_from_bytes
+from mailward.messagefile import transaction_from_bytes
 from mailward.mime import DEFAULT_LIMITS, MimeLimits, parse_message
 
 #: A message larger than this is learned from its first bytes only (as the milter sees

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, config_default: Path, out: TextIO | None = Non
     from mailward.config import ConfigError, Settings, load_settings
     from mailward.explain.render import as_json, as_text
     from mailward.explain.trace import ExplainError, derive_inputs, explain, explain_recorded
-    from mailward.message import transaction_from_bytes
+    from mailward.messagefile import transaction_from_bytes
     from mailward.model import Action
 
     try:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from mailward.authres import authserv_id_of
+from mailward.authresults import authserv_id_of, parse_results
 from mailward.message import unfold
-from mailward.model import AuthProperty, AuthResult, IPAddress, Transaction
+from mailward.model import AuthResult, IPAddress, Transaction
 
 _FROM = re.compile(r"\bfrom\s+(\S+)", re.IGNORECASE)
 _BY = re.compile(r"\bby\s+(\S+)", re.IGNORECASE)
@@ -185,23 +185,12 @@ def recorded_results(transaction: Transaction, our_id: str) -> tuple[AuthResult,
 
     This is what `explain --offline` reads: what we decided then, with the DNS of then.
     """
-    import authres
-
     for header in transaction.headers:
         if header.name.lower() != "authentication-results":
             continue
         value = " ".join(unfold(header.value).split())
         if (authserv_id_of(value) or "").lower() != our_id.lower():
             continue
-        try:
-            parsed = authres.AuthenticationResultsHeader.parse_value(value)
-        except authres.AuthResError:
-            return None
-        return tuple(
-            AuthResult(str(result.method), str(result.result),
-                       str(result.reason) if result.reason else None,
-                       tuple(AuthProperty(str(p.type), str(p.name), str(p.value))
-                             for p in result.properties))
-            for result in parsed.results
-        )
+        parsed = parse_results(value)
+        return None if parsed.error else parsed.results
     return None

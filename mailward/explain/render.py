@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mailward.authres import format_result
+from mailward.authresults import format_result
 from mailward.explain.trace import Explanation
 
 

@@ -23,7 +23,7 @@ from mailward.explain.headers import (
     helo_of,
     hops,
 )
-from mailward.message import from_domain
+from mailward.fromheader import author_domain
 from mailward.model import (
     AuthResult,
     Connection,
@@ -153,7 +153,7 @@ def _assemble(settings: Settings, transaction: Transaction, inputs: Inputs,
     signatures = dkim_signatures(transaction)
     dkim_traces = tuple(_signature_trace(r, signatures) for r in results if r.method == "dkim")
     dmarc = next((r for r in results if r.method == "dmarc"), None)
-    author = from_domain(transaction)
+    author = author_domain(transaction)
     alignments = _alignments(settings, author, mailfrom_spf,
                              [r for r in results if r.method == "dkim"])
     return Explanation(

@@ -46,9 +46,9 @@ from mailward.checks.dkim import DkimProblem, DkimResult, DkimVerifier
 from mailward.config import DkimVerifySettings
 from mailward.dns import InMemoryResolver
 from mailward.message import raw_message
+from mailward.messagefile import transaction_from_bytes
 from mailward.model import Header, Transaction
 from tests.harness.process import ManagedProcess, unix_accepts, wait_until
-from tests.support.messages import transaction_from_bytes
 
 DATA = Path(__file__).parent / "data" / "dkimpy"
 CANONICALIZATIONS = [

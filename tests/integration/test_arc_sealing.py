@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from mailward.checks.arc import ArcResult, ArcVerifier
 from mailward.config import DnsSettings
 from mailward.dns import DnsResolver
+from mailward.messagefile import transaction_from_bytes
 from tests.harness import MailStack, build_message
 from tests.harness.nameserver import txt
 from tests.support.dkimpy import dkim_dnsfunc
-from tests.support.messages import transaction_from_bytes
 
 AUTHSERV_ID = "mx.example.net"
 SEALER = "forwarder.example"

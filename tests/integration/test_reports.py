@@ -25,13 +25,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from mailward.checks.dkim_dns import dkim_dnsfunc
 from mailward.config import DnsSettings
 from mailward.dns import DnsResolver
 from mailward.reports.aggregate_xml import NAMESPACE
 from tests.harness import MailStack, build_message
 from tests.harness.nameserver import txt
 from tests.harness.process import wait_until
+from tests.support.dkimpy import dkim_dnsfunc
 from tests.unit.reports_helpers import validate
 
 SENDER = "sender.example"  # authorizes nothing itself; example.net authorizes it

@@ -3,8 +3,6 @@
 Production modules hold what the services run; what exists only to build inputs for
 tests or to drive a check outside the pipeline lives here:
 
-- `messages.transaction_from_bytes`: a Transaction from a message file, as Postfix
-  would hand it to the milter;
 - `dkimpy.dkim_dnsfunc`: dkimpy's DNS hook answered by our resolver, so tests can
   verify what we sign with an independent implementation;
 - `evidence.SpfEvidence`: an SPF outcome as DMARC reads it, without running SPF;

@@ -19,7 +19,7 @@ from mailward.checks import mime
 from mailward.checks.base import CheckInput, Results
 from mailward.checks.bayes import BayesCheck, BayesStatus, grade
 from mailward.checks.mime import MimeView
-from mailward.message import transaction_from_bytes
+from mailward.messagefile import transaction_from_bytes
 from mailward.model import Connection
 from mailward.state.base import StateUnavailable
 

@@ -15,7 +15,7 @@ from mailward.bayes.store import MessageClass
 from mailward.cli import main
 from mailward.compose import build_pipeline
 from mailward.config import load_settings
-from mailward.message import transaction_from_bytes
+from mailward.messagefile import transaction_from_bytes
 from mailward.model import Connection
 
 

@@ -41,9 +41,9 @@ from mailward.dkimcore import view as dkim_view
 from mailward.dkimcore.canon import canonicalize_body, content_end, relaxed_header
 from mailward.dkimcore.taglist import parse_tag_list
 from mailward.dns import InMemoryResolver
+from mailward.messagefile import transaction_from_bytes
 from mailward.model import Header, Transaction
 from tests.support.checks import dkim_auth_results
-from tests.support.messages import transaction_from_bytes
 
 NOW = 1_800_000_000  # the wall clock the verifier is given
 

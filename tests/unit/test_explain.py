@@ -20,7 +20,7 @@ from mailward.dns import InMemoryResolver
 from mailward.explain.headers import arc_seals, dkim_signatures, foreign_results, hops
 from mailward.explain.render import as_json, as_text
 from mailward.explain.trace import ExplainError, derive_inputs, explain, explain_recorded
-from mailward.message import transaction_from_bytes
+from mailward.messagefile import transaction_from_bytes
 from mailward.model import Action
 from mailward.pipeline import Pipeline, build_inbound_checks
 

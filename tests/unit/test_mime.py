@@ -6,6 +6,7 @@ import base64
 
 from mailward.checks.base import CheckInput
 from mailward.checks.mime import MimeCheck, MimeView
+from mailward.messagefile import transaction_from_bytes
 from mailward.mime import (
     MimeLimits,
     ParsedMessage,
@@ -14,7 +15,6 @@ from mailward.mime import (
     parse_message,
 )
 from mailward.model import Connection
-from tests.support.messages import transaction_from_bytes
 
 
 def parse(raw: bytes, limits: MimeLimits | None = None) -> ParsedMessage:

@@ -1,4 +1,10 @@
-"""Transactions built from message bytes, the way Postfix hands a message to the milter."""
+"""A message file as a Transaction, the way Postfix would hand the message to the milter.
+
+For the commands that start from a file (`mailward explain`, `mailward learn`), and for
+tests and conformance suites.  What the milter builds from callbacks and what this
+builds from bytes must be the same value, so that a message explained or learned from a
+file is the message the milter saw.
+"""
 
 from __future__ import annotations
 
