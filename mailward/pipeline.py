@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import dmarc_enforcement, metrics
+from mailward import authresults, dmarc_enforcement, metrics
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
