@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mailward import authres, metrics
+from mailward import authresults, metrics
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
 from mailward.checks import spf as spf_check
@@ -107,7 +107,7 @@ class DmarcRecorder:
             client_ip=client_ip, mail_from=transaction.mail_from,
             recipients=transaction.recipients, headers=transaction.headers, arrival=now,
             dmarc=dmarc, spf=spf, dkim=dkim,
-            authentication_results=authres.format_header(failures.authserv_id, results))
+            authentication_results=authresults.format_header(failures.authserv_id, results))
         for uri in dmarc.record.ruf:
             destination = parse_destination(uri)
             if destination is None:
