@@ -56,6 +56,7 @@ from typing import Any, Literal
 from bench import world
 from bench.compare import Comparison, alternate
 from bench.dnsserver import DnsServer
+from bench.goals import MeasuredTarget, goal_lines
 from bench.loadgen import LoadConfig, LoadResult
 from bench.messages import dkim_public_key_b64, dkim_sign, generate_message, generate_rsa_key
 from bench.milter_client import MilterClient
@@ -739,6 +740,18 @@ def run_group(
 # --------------------------------------------------------------------------- output
 
 
+def measured_targets(reports: list[TargetReport]) -> list[MeasuredTarget]:
+    """Each target's ratio and p99 on the first socket kind measured, for the goals."""
+    seen: dict[str, MeasuredTarget] = {}
+    for report in reports:
+        if report.status != "ok" or report.target.name in seen:
+            continue
+        ratio = report.comparison.median_ratio if report.comparison else float("nan")
+        p99 = report.median(lambda m: m.result.latency.p99)
+        seen[report.target.name] = MeasuredTarget(report.target.name, ratio, p99)
+    return list(seen.values())
+
+
 def _ratio(report: TargetReport) -> str:
     comp = report.comparison
     if comp is None or not comp.ratios:
@@ -967,6 +980,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("targets: " + "; ".join(f"{name}: {text}" for name, text in seen.items()))
     for line in details(reports):
         print("  " + line)
+    for line in goal_lines(measured_targets(reports)):
+        print("goal: " + line)
     note = machine_note(reports)
     for line in [*ctx.notes, *nagle_notes(reports), *([note] if note else [])]:
         print("note: " + line)
