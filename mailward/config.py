@@ -16,7 +16,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +38,7 @@ from mailward.configreader import (
     network,
 )
 from mailward.model import Action, unmapped
+from mailward.scoring import ScoringSettings, read_scoring
 
 T = TypeVar("T")
 
@@ -491,6 +492,14 @@ class Settings:
     #: see mailward/checks/registry.py.
     checks: Mapping[str, object] = field(default_factory=lambda: _check_sections(None))
     source: str = "<defaults>"
+    #: [scoring]: weights, thresholds, actions (mailward/scoring.py).
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+
+
+def _read_scoring(table: Table, checks: Mapping[str, object]) -> ScoringSettings:
+    from mailward.checks.registry import declared_symbols
+
+    return read_scoring(table, declared_symbols(checks))
 
 
 def _check_sections(root: Table | None) -> dict[str, object]:
@@ -1007,6 +1016,7 @@ def settings_from_mapping(
         checks=_check_sections(root),
         source=source,
     )
+    settings = replace(settings, scoring=_read_scoring(root.table("scoring"), settings.checks))
     root.finish()
     if problems.items:
         raise ConfigError(source, problems.items)
