@@ -173,7 +173,7 @@ def score_symbols(symbols: Sequence[Symbol], settings: ScoringSettings) -> Score
     forced_by = ""
     for hit in hits:
         forced = FORCED_ACTIONS.get(hit.symbol.name)
-        if forced is not None and stronger(forced, action) is forced and forced is not action:
+        if forced is not None and stronger(forced, action) is forced:
             action, forced_by = forced, hit.symbol.name
     return Score(total, tuple(hits), action, settings.required, forced_by)
 

@@ -76,7 +76,7 @@ def read_dnsbl(table: Table) -> DnsblSettings:
 def read_list(entry: Table) -> DnsList | None:
     """One `[[...lists]]` entry (shared with the RHSBL and URI list readers)."""
     zone = entry.parsed("zone", domain_name, "")
-    name = entry.scalar("name", str, zone)
+    name = entry.scalar("name", str, re.sub(r"[^a-z0-9_\-]", "_", zone)[:32] or "list")
     if not re.fullmatch(r"[a-z0-9_\-]{1,32}", name or ""):
         entry.error("name", "must be 1-32 characters of a-z, 0-9, _ or -")
     default_symbol = entry.scalar("symbol", str, "RBL_LISTED")
