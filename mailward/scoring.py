@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from mailward.configreader import Table
-from mailward.model import AppendHeader, Header, HeaderEdit, RemoveHeader, Symbol
+from mailward.model import AppendHeader, Header, RemoveHeader, Symbol
 
 
 class ScoreAction(StrEnum):
@@ -215,7 +215,7 @@ def forged_headers(headers: Sequence[Header]) -> tuple[RemoveHeader, ...]:
     return tuple(removals)
 
 
-def spam_headers(score: Score) -> tuple[HeaderEdit, ...]:
+def spam_headers(score: Score) -> tuple[AppendHeader, ...]:
     """The SpamAssassin-style headers for one scored message."""
     flag = "YES" if score.is_spam else "NO"
     level = "*" * max(0, min(50, int(score.total)))
