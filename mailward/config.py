@@ -16,7 +16,7 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +39,7 @@ from mailward.configreader import (
 )
 from mailward.model import Action, unmapped
 from mailward.reports.settings import ReportSettings, read_report_settings
+from mailward.scoring import ScoringSettings, read_scoring
 
 T = TypeVar("T")
 
@@ -493,6 +494,14 @@ class Settings:
     checks: Mapping[str, object] = field(default_factory=lambda: _check_sections(None))
     source: str = "<defaults>"
     dmarc_reports: ReportSettings = field(default_factory=ReportSettings)
+    #: [scoring]: weights, thresholds, actions (mailward/scoring.py).
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+
+
+def _read_scoring(table: Table, checks: Mapping[str, object]) -> ScoringSettings:
+    from mailward.checks.registry import declared_symbols
+
+    return read_scoring(table, declared_symbols(checks))
 
 
 def _check_sections(root: Table | None) -> dict[str, object]:
@@ -1010,6 +1019,7 @@ def settings_from_mapping(
         source=source,
         dmarc_reports=read_report_settings(root.table("dmarc_reports")),
     )
+    settings = replace(settings, scoring=_read_scoring(root.table("scoring"), settings.checks))
     root.finish()
     if problems.items:
         raise ConfigError(source, problems.items)

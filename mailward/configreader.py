@@ -207,6 +207,10 @@ class Table:
             value = {}
         return Table(value, self._key_path(key), self._problems)
 
+    def written_keys(self) -> tuple[str, ...]:
+        """The keys as written, for tables whose keys are data (symbol names, codes)."""
+        return tuple(self._data)
+
     def finish(self, subtables: Iterable[str] = ()) -> None:
         """Report every key nobody asked for: in a config file, a typo is an error."""
         allowed = self._seen | set(subtables)

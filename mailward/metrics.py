@@ -246,3 +246,31 @@ BAYES_ACTIVE = Gauge(
     "1 when Bayes has learned its minimum of spam and ham and classifies, else 0.",
     multiprocess_mode="mostrecent",
 )
+
+# --------------------------------------------------------------------------- scoring
+
+SPAM_SCORE = Histogram(
+    "mailward_spam_score",
+    "Spam score of each scored inbound message.",
+    buckets=(-5.0, 0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 50.0),
+)
+SPAM_ACTIONS = Counter(
+    "mailward_spam_actions_total",
+    "Scoring decisions by action (no_action, add_header, quarantine, reject).",
+    ["action"],
+)
+SPAM_SYMBOLS = Counter(
+    "mailward_spam_symbols_total",
+    "Symbols that contributed to a message's score, by name (a bounded set).",
+    ["symbol"],
+)
+SPAM_FORGED_HEADERS_REMOVED = Counter(
+    "mailward_milter_forged_spam_headers_removed_total",
+    "X-Spam-* and X-Mailward-* headers removed from untrusted mail.",
+)
+DNSLIST_LOOKUPS = Counter(
+    "mailward_dnslist_lookups_total",
+    "DNS list lookups by kind (dnsbl), list name and status "
+    "(clean, listed, error_code, timeout, error).",
+    ["kind", "list", "status"],
+)

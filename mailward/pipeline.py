@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import authresults, dmarc_enforcement, metrics
+from mailward import authresults, dmarc_enforcement, metrics, scoring
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
@@ -31,6 +31,7 @@ from mailward.config import Settings
 from mailward.dns import Resolver
 from mailward.model import (
     Action,
+    AppendHeader,
     AuthResult,
     Connection,
     Direction,
@@ -86,6 +87,16 @@ class CheckRun:
         if self.failed:
             return (Symbol("CHECK_ERROR", self.check.name),)
         return tuple(self.check.symbols(self.result))
+
+
+@dataclass(frozen=True)
+class ScoredDecision:
+    """The action after DMARC enforcement and spam scoring, and the spam headers."""
+
+    action: Action
+    reply: SmtpReply | None
+    header_edits: tuple[HeaderEdit, ...]
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,8 @@ class Pipeline:
             metrics.MILTER_FORGED_AR_REMOVED.inc(len(edits))
             log.info("%s: removing %d forged Authentication-Results claiming %s",
                      transaction.log_id, len(edits), authserv_id)
+        if self.settings.scoring.enabled:
+            edits.extend(self._forged_spam_headers(transaction))
         report = self.inbound_report(connection, transaction)
         results = report.results
         decision = dmarc_enforcement.enforce(
@@ -183,16 +196,66 @@ class Pipeline:
             authresults.HEADER_NAME, authresults.format_header(authserv_id, auth_results)))
         edits.extend(report.header_edits(authserv_id))
         edits.extend(decision.header_edits)
-        if (self.sealer is not None and decision.action in (Action.ACCEPT, Action.QUARANTINE)
+        outcome = self._scored(transaction, report.symbols, decision)
+        edits.extend(outcome.header_edits)
+        if (self.sealer is not None and outcome.action in (Action.ACCEPT, Action.QUARANTINE)
                 and self.sealer.applies(connection, transaction)):
             # Our ARC Set records our own results, and the chain's status as we found it
             # (a failed chain is sealed cv=fail, never extended as if valid).
             arc = results.get(arc_check.RESULT)
             status = arc.result.value if arc is not None else "none"
             edits.extend(self.sealer.seal(transaction, auth_results, status))
-        return Verdict(decision.action, reply=decision.reply, header_edits=tuple(edits),
+        return Verdict(outcome.action, reply=outcome.reply, header_edits=tuple(edits),
                        results=auth_results, direction=Direction.INBOUND,
-                       reason=decision.reason, symbols=report.symbols)
+                       reason=outcome.reason, symbols=report.symbols)
+
+    def _forged_spam_headers(self, transaction: Transaction) -> tuple[HeaderEdit, ...]:
+        """Sender-written X-Spam-*/X-Mailward-* headers go, counted like forged A-R."""
+        removals = scoring.forged_headers(transaction.headers)
+        if removals:
+            metrics.SPAM_FORGED_HEADERS_REMOVED.inc(len(removals))
+            log.info("%s: removing %d sender-written X-Spam-*/X-Mailward-* header(s)",
+                     transaction.log_id, len(removals))
+        return removals
+
+    def _scored(self, transaction: Transaction, symbols: Sequence[Symbol],
+                decision: dmarc_enforcement.Enforcement) -> ScoredDecision:
+        """DMARC's decision combined with the spam score's: the stronger wins."""
+        unscored = ScoredDecision(decision.action, decision.reply, (), decision.reason)
+        if not self.settings.scoring.enabled:
+            return unscored
+        score = scoring.score_symbols(symbols, self.settings.scoring)
+        metrics.SPAM_SCORE.observe(score.total)
+        metrics.SPAM_ACTIONS.labels(score.action.value).inc()
+        for hit in score.hits:
+            if hit.weight:
+                metrics.SPAM_SYMBOLS.labels(hit.symbol.name).inc()
+        log.info("%s: spam %s", transaction.log_id, scoring.log_summary(score))
+        spam_reason = f"spam score {score.total:.1f} ({score.action.value})"
+        if score.forced_by:
+            spam_reason += f" forced by {score.forced_by}"
+        headers = scoring.spam_headers(score)
+        if score.action is scoring.ScoreAction.REJECT and decision.action is not Action.REJECT:
+            if decision.action is not Action.ACCEPT:
+                log.info("%s: spam reject is stronger than DMARC's %s", transaction.log_id,
+                         decision.action.value)
+            reply = SmtpReply("550", "5.7.1", self.settings.scoring.reject_message)
+            return ScoredDecision(Action.REJECT, reply, headers, spam_reason)
+        if (score.action is scoring.ScoreAction.QUARANTINE
+                and decision.action is Action.ACCEPT
+                and not any(isinstance(edit, AppendHeader)
+                            and edit.name == dmarc_enforcement.QUARANTINE_HEADER
+                            for edit in decision.header_edits)):
+            if self.settings.dmarc.quarantine.value == "hold":
+                return ScoredDecision(Action.QUARANTINE, None, headers, spam_reason)
+            marker = AppendHeader(dmarc_enforcement.QUARANTINE_HEADER,
+                                  f"yes (spam score {score.total:.1f})")
+            return ScoredDecision(Action.ACCEPT, None, (*headers, marker), spam_reason)
+        if decision.action is not Action.ACCEPT and score.is_spam:
+            log.info("%s: DMARC's %s is stronger than spam %s", transaction.log_id,
+                     decision.action.value, score.action.value)
+        reason = "; ".join(part for part in (decision.reason, spam_reason) if part)
+        return ScoredDecision(decision.action, decision.reply, headers, reason)
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
         """Run the inbound checks in their order; each failure is contained."""

@@ -1,8 +1,8 @@
 """Content heuristics on the bounded MIME parse: what the body and attachments give away.
 
 Reads the shared parse (`mime.RESULT`, mailward/mime.py): decoded text and HTML, the
-attachments' names, types and first bytes.  Each rule emits one symbol; `WEIGHTS` are
-the shipped defaults the scoring step uses.
+attachments' names, types and first bytes.  Each rule emits one symbol; the shipped
+weights are in mailward/scoring.py's DEFAULT_WEIGHTS.
 
 * HTML_ONLY: HTML without a text alternative (bulk mailers; real clients send both).
 * MOSTLY_IMAGES: images and almost no text (text-as-picture defeats text filters).
@@ -41,18 +41,6 @@ EXECUTABLE_EXTENSIONS = frozenset({
 MACRO_EXTENSIONS = frozenset({"docm", "dotm", "xlsm", "xltm", "xlam", "pptm", "potm", "ppam"})
 DOCUMENT_EXTENSIONS = frozenset({"pdf", "doc", "docx", "xls", "xlsx", "txt", "jpg", "png",
                                  "zip", "rtf", "odt"})
-
-WEIGHTS: dict[str, float] = {
-    "HTML_ONLY": 0.7,
-    "MOSTLY_IMAGES": 1.5,
-    "HTML_HIDDEN_TEXT": 1.5,
-    "LINK_TEXT_MISMATCH": 2.5,
-    "URL_IP_LITERAL": 2.0,
-    "ATTACH_EXECUTABLE": 4.0,
-    "ATTACH_DOUBLE_EXT": 4.0,
-    "ATTACH_OFFICE_MACRO": 3.0,
-    "ATTACH_ARCHIVE_EXECUTABLE": 4.0,
-}
 
 _HIDDEN_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0*(?:\.0+)?(?:px|pt|em)?\s*[;\"']",
@@ -206,8 +194,9 @@ class ContentHeuristics(Check[ContentFindings]):
         return "hit" if result.symbols else "clean"
 
 
-def _build(context: BuildContext[None]) -> ContentHeuristics:
-    return ContentHeuristics()
+def _build(context: BuildContext[None]) -> ContentHeuristics | None:
+    # Symbols without scoring would only cost time (content rules parse the message).
+    return ContentHeuristics() if context.settings.scoring.enabled else None
 
 
 SPEC: CheckSpec[None] = CheckSpec("content", _build)

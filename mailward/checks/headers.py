@@ -1,7 +1,7 @@
 """Header heuristics: what a well-run sender gets right and bulk spam often does not.
 
 Each rule looks at one thing in the header section as received and emits one symbol;
-weights are the scoring step's (`WEIGHTS` below are the shipped defaults).  Nothing here
+weights are the scoring step's (the shipped defaults are in mailward/scoring.py).  Nothing here
 rejects on its own: a missing Message-ID is a hint, not a verdict.
 
 Rules, and why they are there:
@@ -41,20 +41,6 @@ FREEMAIL_DOMAINS = frozenset({
     "gmx.net", "gmx.de", "web.de", "yandex.ru", "yandex.com", "mail.ru", "protonmail.com",
     "proton.me", "zoho.com", "qq.com", "163.com", "126.com",
 })
-
-WEIGHTS: dict[str, float] = {
-    "MISSING_DATE": 1.0,
-    "INVALID_DATE": 1.0,
-    "DATE_IN_FUTURE": 1.5,
-    "DATE_IN_PAST": 0.5,
-    "MISSING_MID": 1.0,
-    "INVALID_MID": 0.5,
-    "FROM_NAME_OTHER_DOMAIN": 2.0,
-    "FROM_NAME_LOCAL_DOMAIN": 2.0,
-    "REPLYTO_FREEMAIL": 1.5,
-    "SUBJECT_ALL_CAPS": 1.0,
-    "SUBJECT_EXCESS_PUNCT": 0.8,
-}
 
 _MESSAGE_ID = re.compile(r"\s*<[^<>@\s]+@[^<>@\s]+>\s*")
 _DOMAIN_IN_TEXT = re.compile(
@@ -188,8 +174,9 @@ class HeaderHeuristics(Check[HeaderFindings]):
         return "hit" if result.symbols else "clean"
 
 
-def _build(context: BuildContext[None]) -> HeaderHeuristics:
-    return HeaderHeuristics()
+def _build(context: BuildContext[None]) -> HeaderHeuristics | None:
+    # Symbols without scoring would only cost time (content rules parse the message).
+    return HeaderHeuristics() if context.settings.scoring.enabled else None
 
 
 SPEC: CheckSpec[None] = CheckSpec("headers", _build)

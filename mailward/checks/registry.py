@@ -15,7 +15,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mailward.checks import arc, bayes, dkim, dmarc, iprev, mime, spf
+from mailward.checks import (
+    arc,
+    bayes,
+    content,
+    dkim,
+    dmarc,
+    dnsbl,
+    gtube,
+    headers,
+    iprev,
+    mime,
+    spf,
+)
 from mailward.checks.base import BuildContext, Check, CheckSpec
 from mailward.configreader import ConfigError, ConfigProblem
 
@@ -32,6 +44,10 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     dmarc.SPEC,
     mime.SPEC,
     bayes.SPEC,
+    gtube.SPEC,
+    dnsbl.SPEC,
+    headers.SPEC,
+    content.SPEC,
 )
 
 
@@ -47,6 +63,17 @@ def read_check_sections(root: Table) -> dict[str, object]:
         if spec.section is not None and spec.read_settings is not None:
             sections[spec.name] = spec.read_settings(root.table(spec.section))
     return sections
+
+
+def declared_symbols(sections: Mapping[str, object]) -> set[str]:
+    """Symbol names the checks' own settings declare (a DNS list's codes): scoring
+    accepts weights for them."""
+    names: set[str] = set()
+    for section in sections.values():
+        symbol_names = getattr(section, "symbol_names", None)
+        if callable(symbol_names):
+            names.update(symbol_names())
+    return names
 
 
 def build_checks(settings: Settings, resolver: Resolver,

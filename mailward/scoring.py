@@ -1,0 +1,279 @@
+"""Spam scoring: the symbols the checks emitted, weighed, summed, and turned into an action.
+
+Results are data, scores are policy (as in Rspamd): checks only name what they found
+(mailward/model.py `Symbol`); this module owns every weight and threshold.  Default
+weights ship here; `[scoring.weights]` overrides any of them, and a name nobody emits is
+a configuration error (a typo would otherwise silently score nothing).
+
+The headers are the ones SpamAssassin writes, so Dovecot's `spamtest` and existing Sieve
+scripts keep working: X-Spam-Flag, X-Spam-Score, X-Spam-Level, X-Spam-Status.  Sender-
+written X-Spam-* and X-Mailward-* headers are removed first (`forged_headers`): a spammer
+must not be able to write `X-Spam-Flag: NO`.
+
+Pure: no I/O, no metrics; the pipeline applies the decision and counts it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from mailward.configreader import Table
+from mailward.model import AppendHeader, Header, RemoveHeader, Symbol
+
+
+class ScoreAction(StrEnum):
+    """What the score asks for, weakest first (the order `stronger` compares by)."""
+
+    NO_ACTION = "no_action"
+    ADD_HEADER = "add_header"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+
+
+_STRENGTH = {action: rank for rank, action in enumerate(ScoreAction)}
+
+#: Symbols whose presence decides the action whatever the score (GTUBE, as in Rspamd).
+FORCED_ACTIONS: Mapping[str, ScoreAction] = {
+    "GTUBE": ScoreAction.REJECT,
+    "GTUBE_QUARANTINE": ScoreAction.QUARANTINE,
+    "GTUBE_ADD_HEADER": ScoreAction.ADD_HEADER,
+}
+
+#: The shipped weights.  Authentication results count a little (they say who sent the
+#: mail, not whether it is spam); DNS lists and content rules carry the weight.
+DEFAULT_WEIGHTS: Mapping[str, float] = {
+    # authentication (issue 8's symbols)
+    "SPF_PASS": -0.1,
+    "SPF_FAIL": 2.0,
+    "SPF_SOFTFAIL": 0.8,
+    "SPF_PERMERROR": 0.3,
+    "DKIM_VALID": -0.1,
+    "DKIM_INVALID": 1.0,
+    "DMARC_PASS": -0.5,
+    "DMARC_FAIL": 3.0,
+    "ARC_INVALID": 1.0,
+    "IPREV_FAIL": 1.0,
+    "CHECK_ERROR": 0.0,
+    # MIME structure (the mime check)
+    "MIME_BAD_ENCODING": 1.0,
+    "MIME_UNKNOWN_CHARSET": 0.5,
+    "MIME_LIMITS_HIT": 0.0,
+    # GTUBE forces its action; the weight only shows in the score
+    "GTUBE": 1000.0,
+    "GTUBE_QUARANTINE": 0.0,
+    "GTUBE_ADD_HEADER": 0.0,
+    # DNS blocklists (Spamhaus ZEN layout, mailward/checks/dnsbl.py)
+    "RBL_SBL": 4.0,
+    "RBL_CSS": 2.0,
+    "RBL_XBL": 4.0,
+    "RBL_PBL": 3.0,
+    "RBL_LISTED": 2.0,
+    # Bayes (issue 11's bayes check)
+    "BAYES_SPAM_99": 5.0,
+    "BAYES_SPAM_95": 3.5,
+    "BAYES_SPAM_80": 2.0,
+    "BAYES_HAM_99": -3.0,
+    "BAYES_HAM_95": -2.0,
+    "BAYES_HAM_80": -1.0,
+    # header and content heuristics (mailward/checks/headers.py, content.py)
+    "MISSING_DATE": 1.0,
+    "INVALID_DATE": 1.0,
+    "DATE_IN_FUTURE": 1.5,
+    "DATE_IN_PAST": 0.5,
+    "MISSING_MID": 1.0,
+    "INVALID_MID": 0.5,
+    "FROM_NAME_OTHER_DOMAIN": 2.0,
+    "FROM_NAME_LOCAL_DOMAIN": 2.0,
+    "REPLYTO_FREEMAIL": 1.5,
+    "SUBJECT_ALL_CAPS": 1.0,
+    "SUBJECT_EXCESS_PUNCT": 0.8,
+    "HTML_ONLY": 0.7,
+    "MOSTLY_IMAGES": 1.5,
+    "HTML_HIDDEN_TEXT": 1.5,
+    "LINK_TEXT_MISMATCH": 2.5,
+    "URL_IP_LITERAL": 2.0,
+    "ATTACH_EXECUTABLE": 4.0,
+    "ATTACH_DOUBLE_EXT": 4.0,
+    "ATTACH_OFFICE_MACRO": 3.0,
+    "ATTACH_ARCHIVE_EXECUTABLE": 4.0,
+}
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """`[scoring]`: weights and the thresholds that pick an action (None = never)."""
+
+    enabled: bool = True
+    required: float = 6.0
+    quarantine: float | None = None
+    reject: float | None = 15.0
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    reject_message: str = "Message rejected as spam"
+
+    def weight(self, name: str) -> float:
+        return self.weights.get(name, 0.0)
+
+
+def read_scoring(table: Table, known_symbols: Iterable[str] = ()) -> ScoringSettings:
+    """Read `[scoring]`; `known_symbols` are names other modules emit beyond the defaults."""
+    defaults = ScoringSettings()
+    known = set(DEFAULT_WEIGHTS) | set(known_symbols)
+    weights = dict(DEFAULT_WEIGHTS)
+    weight_table = table.table("weights")
+    for name in weight_table.written_keys():
+        if name not in known:
+            weight_table.error(name, f"unknown symbol {name!r}")
+            weight_table.scalar(name, float, 0.0)
+            continue
+        weights[name] = weight_table.number(name, float, 0.0, -1000.0, 1000.0)
+    weight_table.finish()
+
+    def threshold(key: str, default: float | None) -> float | None:
+        value = table.scalar(key, float, math.nan if default is None else default)
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if not -1000.0 <= value <= 1000.0:
+            table.error(key, f"must be between -1000 and 1000, got {value}")
+            return default
+        return value
+
+    required = threshold("required", defaults.required)
+    settings = ScoringSettings(
+        enabled=table.scalar("enabled", bool, defaults.enabled),
+        required=defaults.required if required is None else required,
+        quarantine=threshold("quarantine", defaults.quarantine),
+        reject=threshold("reject", defaults.reject),
+        weights=weights,
+        reject_message=table.scalar("reject_message", str, defaults.reject_message),
+    )
+    if not re.fullmatch(r"[ -~]{1,200}", settings.reject_message):
+        table.error("reject_message", "must be 1-200 printable ASCII characters")
+    table.finish(subtables=("weights",))
+    return settings
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One symbol and what it weighed."""
+
+    symbol: Symbol
+    weight: float
+
+
+@dataclass(frozen=True)
+class Score:
+    """The scored message: total, what made it, and the action it asks for."""
+
+    total: float
+    hits: tuple[Hit, ...]
+    action: ScoreAction
+    required: float
+    forced_by: str = ""
+
+    @property
+    def is_spam(self) -> bool:
+        return self.action is not ScoreAction.NO_ACTION
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Distinct symbol names, sorted (the tests= list of X-Spam-Status)."""
+        return tuple(sorted({hit.symbol.name for hit in self.hits}))
+
+
+def score_symbols(symbols: Sequence[Symbol], settings: ScoringSettings) -> Score:
+    """Sum the weights (each symbol name counts once) and pick the action."""
+    hits: list[Hit] = []
+    seen: set[str] = set()
+    for symbol in symbols:
+        if symbol.name in seen:
+            continue
+        seen.add(symbol.name)
+        hits.append(Hit(symbol, settings.weight(symbol.name)))
+    total = round(sum(hit.weight for hit in hits), 2)
+    action = action_for(total, settings)
+    forced_by = ""
+    for hit in hits:
+        forced = FORCED_ACTIONS.get(hit.symbol.name)
+        if forced is not None and stronger(forced, action) is forced:
+            action, forced_by = forced, hit.symbol.name
+    return Score(total, tuple(hits), action, settings.required, forced_by)
+
+
+def action_for(total: float, settings: ScoringSettings) -> ScoreAction:
+    """Thresholds, highest first."""
+    if settings.reject is not None and total >= settings.reject:
+        return ScoreAction.REJECT
+    if settings.quarantine is not None and total >= settings.quarantine:
+        return ScoreAction.QUARANTINE
+    if total >= settings.required:
+        return ScoreAction.ADD_HEADER
+    return ScoreAction.NO_ACTION
+
+
+def stronger(first: ScoreAction, second: ScoreAction) -> ScoreAction:
+    return first if _STRENGTH[first] >= _STRENGTH[second] else second
+
+
+# --------------------------------------------------------------------------- headers
+
+_OUR_PREFIXES = ("x-spam-", "x-mailward-")
+
+
+def forged_headers(headers: Sequence[Header]) -> tuple[RemoveHeader, ...]:
+    """Removals for every X-Spam-* and X-Mailward-* header the sender wrote.
+
+    Occurrences count per name, as the milter's change-header command addresses them;
+    removing the highest occurrence first keeps the lower indexes valid.
+    """
+    counts: dict[str, int] = {}
+    removals: list[RemoveHeader] = []
+    for header in headers:
+        lowered = header.name.lower()
+        counts[lowered] = counts.get(lowered, 0) + 1
+        if lowered.startswith(_OUR_PREFIXES):
+            removals.append(RemoveHeader(header.name, counts[lowered]))
+    removals.sort(key=lambda removal: (removal.name.lower(), -removal.occurrence))
+    return tuple(removals)
+
+
+def spam_headers(score: Score) -> tuple[AppendHeader, ...]:
+    """The SpamAssassin-style headers for one scored message."""
+    flag = "YES" if score.is_spam else "NO"
+    level = "*" * max(0, min(50, int(score.total)))
+    tests = ",".join(score.names) or "none"
+    status = (f"{'Yes' if score.is_spam else 'No'}, score={score.total:.1f} "
+              f"required={score.required:.1f} tests={tests}")
+    if score.forced_by:
+        status += f" forced={score.forced_by}"
+    return (
+        AppendHeader("X-Spam-Flag", flag),
+        AppendHeader("X-Spam-Score", f"{score.total:.1f}"),
+        AppendHeader("X-Spam-Level", level),
+        AppendHeader("X-Spam-Status", _fold(status)),
+    )
+
+
+def _fold(value: str, width: int = 76) -> str:
+    """Fold a long X-Spam-Status at commas and spaces so no line passes RFC 5322's 78."""
+    lines: list[str] = []
+    current = ""
+    for token in re.split(r"(?<=[, ])", value):
+        if current and len(current) + len(token) > width:
+            lines.append(current.rstrip())
+            current = token
+        else:
+            current += token
+    lines.append(current.rstrip())
+    return "\n\t".join(lines)
+
+
+def log_summary(score: Score) -> str:
+    """`score=7.3/6.0 action=add_header symbols=A(1.0),B(2.0)` for the message's log line."""
+    parts = ",".join(f"{hit.symbol}({hit.weight:g})" for hit in score.hits if hit.weight)
+    forced = f" forced={score.forced_by}" if score.forced_by else ""
+    return (f"score={score.total:.1f}/{score.required:.1f} action={score.action.value}"
+            f"{forced} symbols={parts or '-'}")
