@@ -254,7 +254,8 @@ class Pipeline:
         if decision.action is not Action.ACCEPT and score.is_spam:
             log.info("%s: DMARC's %s is stronger than spam %s", transaction.log_id,
                      decision.action.value, score.action.value)
-        reason = "; ".join(part for part in (decision.reason, spam_reason) if part)
+        shown = (decision.reason, spam_reason if score.is_spam else "")
+        reason = "; ".join(part for part in shown if part)
         return ScoredDecision(decision.action, decision.reply, headers, reason)
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:

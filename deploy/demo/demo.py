@@ -58,6 +58,7 @@ class Sample:
     headers: tuple[tuple[str, str], ...] = ()
     author: str = "news@example.org"  # the From header
     envelope_sender: str = ""  # MAIL FROM; "" means the author
+    body: str = "Hello from the Mailward demo.\r\n"
 
 
 SAMPLES = (
@@ -94,9 +95,12 @@ SAMPLES = (
     ),
     Sample(
         "Spam-flagged message",
-        "X-Spam-Flag: YES is filed into Junk by the global Sieve script (sieve/).",
+        "The body carries the GTUBE test string's add-header variant: Mailward scores it as\n"
+        "  spam and writes X-Spam-Flag: YES (after removing the X-Spam-Flag: NO the sender\n"
+        "  wrote), and the global Sieve script (sieve/) files it into Junk.",
         EXTERNAL_CLIENT,
-        (("X-Spam-Flag", "YES"),),
+        (("X-Spam-Flag", "NO"),),
+        body="YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n",
     ),
     Sample(
         "Message from a trusted network",
@@ -160,7 +164,7 @@ def start() -> int:
 
 def show(stack: MailStack, sample: Sample, mailbox: str) -> None:
     subject = f"{sample.title} [{uuid.uuid4().hex[:8]}]"
-    message = build_message(sample.author, mailbox, subject=subject,
+    message = build_message(sample.author, mailbox, subject=subject, body=sample.body,
                             headers=list(sample.headers))
     result = stack.send(sample.envelope_sender or sample.author, mailbox, message,
                         xclient_addr=sample.client, helo="mail.example.org")

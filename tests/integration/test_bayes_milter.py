@@ -75,8 +75,10 @@ def test_bulk_training_switches_bayes_on_and_spam_gets_its_symbol(
     result = stack.send(sender, recipient, message, xclient_addr="198.51.100.20",
                         helo="mail.spam.example.com")
     assert result.accepted, result
-    stack.dovecot.wait_for_message(recipient, "INBOX", lambda m: m.get("Subject") == subject,
-                                   timeout=20)
+    # Scored as spam with Bayes' weight, it is filed into Junk by the global Sieve script.
+    filed = stack.dovecot.wait_for_message(recipient, "Junk",
+                                           lambda m: m.get("Subject") == subject, timeout=20)
+    assert filed.get_all("X-Spam-Flag") == ["YES"]
     services.wait_for_log(r"symbols=[^ ]*BAYES_SPAM_(99|95|80)\(")
     assert services.metric_value("mailward_bayes_active") == 1
     assert services.metric_value("mailward_check_results_total",

@@ -90,4 +90,4 @@ def test_sender_written_spam_flag_is_replaced_by_ours(stack, zones, milter, reci
     status = " ".join(message["X-Spam-Status"].split())
     assert status.startswith("Yes, score=")
     assert "ATTACH_EXECUTABLE" in status and "ATTACH_DOUBLE_EXT" in status
-    assert len(message.get_all("X-Spam-Status")) == 1
+    assert len(message.get_all("X-Spam-Status") or ()) == 1
