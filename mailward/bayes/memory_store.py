@@ -55,13 +55,6 @@ class MemoryBayesStore(BayesStore):
                     found[token] = TokenCounts(int(row[0]), int(row[1]))
             return found
 
-    def learn(self, digest: str, message_class: MessageClass, tokens: Collection[str],
-              now: float) -> LearnResult:
-        return self._step(digest, message_class, tokens, now)
-
-    def forget(self, digest: str, tokens: Collection[str], now: float) -> LearnResult:
-        return self._step(digest, None, tokens, now)
-
     def _step(self, digest: str, wanted: MessageClass | None, tokens: Collection[str],
               now: float) -> LearnResult:
         with self._lock:

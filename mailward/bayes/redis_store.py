@@ -105,14 +105,9 @@ class RedisBayesStore(BayesStore):
                 found[token] = TokenCounts(int(spam or 0), int(ham or 0))
         return found
 
-    def learn(self, digest: str, message_class: MessageClass, tokens: Collection[str],
+    def _step(self, digest: str, message_class: MessageClass | None, tokens: Collection[str],
               now: float) -> LearnResult:
-        return self._step(digest, message_class.value, tokens)
-
-    def forget(self, digest: str, tokens: Collection[str], now: float) -> LearnResult:
-        return self._step(digest, "", tokens)
-
-    def _step(self, digest: str, wanted: str, tokens: Collection[str]) -> LearnResult:
+        wanted = message_class.value if message_class is not None else ""
         keys = [f"{self._prefix}bayes:m:{digest}", f"{self._prefix}bayes:n"]
         keys += [self._token_key(key) for key in hash_tokens(tokens)]
         try:

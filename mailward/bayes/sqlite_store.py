@@ -94,13 +94,6 @@ class SqliteBayesStore(BayesStore):
 
     # ------------------------------------------------------------------ writes
 
-    def learn(self, digest: str, message_class: MessageClass, tokens: Collection[str],
-              now: float) -> LearnResult:
-        return self._step(digest, message_class, tokens, now)
-
-    def forget(self, digest: str, tokens: Collection[str], now: float) -> LearnResult:
-        return self._step(digest, None, tokens, now)
-
     def _step(self, digest: str, wanted: MessageClass | None, tokens: Collection[str],
               now: float) -> LearnResult:
         keys = [(key,) for key in hash_tokens(tokens)]

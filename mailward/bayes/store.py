@@ -96,14 +96,19 @@ class BayesStore(abc.ABC):
     def token_counts(self, tokens: Collection[str]) -> Mapping[str, TokenCounts]:
         """The counts of the tokens the database knows (unknown ones are left out)."""
 
-    @abc.abstractmethod
     def learn(self, digest: str, message_class: MessageClass, tokens: Collection[str],
               now: float) -> LearnResult:
         """Count `tokens` for one message under `message_class` (see LearnResult)."""
+        return self._step(digest, message_class, tokens, now)
 
-    @abc.abstractmethod
     def forget(self, digest: str, tokens: Collection[str], now: float) -> LearnResult:
         """Undo what learning this message counted (FORGOTTEN or UNKNOWN)."""
+        return self._step(digest, None, tokens, now)
+
+    @abc.abstractmethod
+    def _step(self, digest: str, wanted: MessageClass | None, tokens: Collection[str],
+              now: float) -> LearnResult:
+        """Move one message to class `wanted` (None: forget it), in one transaction."""
 
     @abc.abstractmethod
     def expire(self, now: float) -> int:
