@@ -103,3 +103,33 @@ def test_policy_service_notifies_ready_reloading_stopping(tmp_path: Path, notify
             process.wait()
         assert process.stderr is not None
         process.stderr.close()
+
+
+def test_milter_notifies_ready_reloading_stopping(tmp_path: Path, notify_socket):
+    milter_socket = tmp_path / "milter.sock"
+    config = tmp_path / "mailward.toml"
+    config.write_text(
+        "[general]\nauthserv_id = \"mx.example.test\"\n"
+        f"[milter]\nsocket = \"unix:{milter_socket}\"\nworkers = 1\nshutdown_timeout = 5.0\n"
+        "[metrics]\nlisten = \"\"\npolicyd_listen = \"\"\n"
+        f"[state]\npath = \"{tmp_path / 'state.db'}\"\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailward", "milter", "-c", str(config)],
+        env=dict(os.environ), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        assert fields_of(notify_socket.recv(4096)) == {"READY": "1"}
+        assert milter_socket.is_socket()  # READY came after libmilter bound the socket
+        process.send_signal(signal.SIGHUP)
+        assert "RELOADING" in fields_of(notify_socket.recv(4096))
+        assert fields_of(notify_socket.recv(4096)) == {"READY": "1"}
+        process.send_signal(signal.SIGTERM)
+        assert fields_of(notify_socket.recv(4096)) == {"STOPPING": "1"}
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
