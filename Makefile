@@ -58,3 +58,9 @@ bench-bayes: deps-bench $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# Install on this host (Debian 12/13): /opt/mailward virtualenv, the mailward user,
+# /etc/mailward, the systemd units (see deploy/scripts/install.sh).  DESTDIR stages it.
+.PHONY: install
+install:
+	@DESTDIR="$(DESTDIR)" bash deploy/scripts/install.sh

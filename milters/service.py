@@ -34,7 +34,7 @@ from typing import Any
 import Milter
 import milter
 
-from mailward import metrics, runtime
+from mailward import metrics, runtime, sdnotify
 from mailward.config import ConfigError, Settings, SocketAddress, SocketKind
 from mailward.pipeline import Pipeline
 from milters.session import MilterSession
@@ -230,6 +230,7 @@ class MilterService:
                  address, self.settings.milter.workers)
         for _ in range(self.settings.milter.workers):
             self._spawn()
+        sdnotify.ready()
         try:
             return self._supervise(signals)
         finally:
@@ -245,7 +246,7 @@ class MilterService:
                 if info.si_signo in (signal.SIGTERM, signal.SIGINT) and not self._stopping:
                     deadline = self._begin_shutdown()
                 elif info.si_signo == signal.SIGHUP and not self._stopping:
-                    self._reload()
+                    sdnotify.reload_with(self._reload)()
             if not self._reap():
                 status = 1
             if deadline is not None and time.monotonic() >= deadline:
@@ -267,6 +268,7 @@ class MilterService:
         self._stopping = True
         log.info("stopping: workers finish open sessions (at most %.0fs)",
                  self.settings.milter.shutdown_timeout)
+        sdnotify.stopping()
         self.control.request_stop()
         if self._listener is not None:
             os.close(self._listener)  # the workers drop theirs when they see the flag

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mailward import metrics, runtime
+from mailward import metrics, runtime, sdnotify
 from mailward.config import ConfigError, Settings, SocketKind, load_settings
 from mailward.policies.engine import DUNNO, PROTOCOL_STATES, PolicyAnswer, PolicyEngine
 from policyd.codec import PolicyDecoder, PolicyRequest, ProtocolError, encode_response
@@ -356,13 +356,15 @@ async def serve_forever(server: PolicyServer) -> int:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGHUP, sdnotify.reload_with(server.reload))
     try:
         await server.start()
     except (OSError, KeyError) as exc:
         log.error("cannot listen on %s: %s", server.settings.policyd.socket, exc)
         return 1
+    sdnotify.ready()
     await stop.wait()
+    sdnotify.stopping()
     log.info("stopping: finishing requests in progress")
     await server.stop()
     log.info("mailward policyd stopped")
@@ -464,13 +466,15 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGHUP, sdnotify.reload_with(self._reload))
         try:
             log.info("mailward policyd listening on %s with %d workers",
                      address, self.settings.policyd.workers)
             for _ in range(self.settings.policyd.workers):
                 await self._spawn(spec)
+            sdnotify.ready()
             await self._stop.wait()
+            sdnotify.stopping()
             log.info("stopping: the workers finish their requests in progress")
             await self._stop_workers()
         finally:
@@ -484,6 +488,7 @@ class Supervisor:
         assert self._socket is not None
         env = dict(os.environ)
         env[runtime.MULTIPROC_ENV] = self._metrics_dir
+        env.pop(sdnotify.NOTIFY_SOCKET_ENV, None)  # only the main process notifies systemd
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         fd = self._socket.fileno()

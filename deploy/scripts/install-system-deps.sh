@@ -23,6 +23,10 @@ core_packages=(
 if ! command -v npm >/dev/null 2>&1; then
   core_packages+=(npm)
 fi
+# promtool (checks and unit-tests deploy/prometheus/: tests/unit/test_prometheus_rules.py).
+core_packages+=(prometheus)
+# ansible-playbook --syntax-check of deploy/ansible (tests/unit/test_ansible_role.py).
+core_packages+=(ansible-core)
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
 bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
 bench_packages+=(bogofilter)  # the Bayes accuracy peer (bench/bayes)
