@@ -12,6 +12,7 @@ default TLS level), never a failure of mail.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -157,23 +158,27 @@ class PolicyCache(Protocol):
 
 
 class MemoryPolicyCache:
-    """A bounded dict: when full, the entry that expires first makes room."""
+    """A bounded dict: when full, the entry that expires first makes room.  Locked:
+    the service decides in a thread pool."""
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self._entries: dict[str, CachedPolicy] = {}
         self._max_entries = max_entries
+        self._lock = threading.Lock()
 
     def get(self, domain: str) -> CachedPolicy | None:
         return self._entries.get(domain)
 
     def put(self, domain: str, entry: CachedPolicy) -> None:
-        if domain not in self._entries and len(self._entries) >= self._max_entries:
-            oldest = min(self._entries, key=lambda name: self._entries[name].expires_at)
-            del self._entries[oldest]
-        self._entries[domain] = entry
+        with self._lock:
+            if domain not in self._entries and len(self._entries) >= self._max_entries:
+                oldest = min(self._entries, key=lambda name: self._entries[name].expires_at)
+                del self._entries[oldest]
+            self._entries[domain] = entry
 
     def delete(self, domain: str) -> None:
-        self._entries.pop(domain, None)
+        with self._lock:
+            self._entries.pop(domain, None)
 
     def __len__(self) -> int:
         return len(self._entries)
