@@ -251,9 +251,14 @@ class MtaSts:
         except RecordError as exc:
             return self._without_record(domain, cached, str(exc))
         if (cached is not None and cached.policy_id == record.policy_id
-                and cached.expires_at - now > self._refresh_before):
+                and cached.expires_at - now > self._refresh_window(cached)):
             return StsDecision(domain, cached.policy, Source.CACHE, "cached, id unchanged")
         return self._refresh(domain, record, cached, now)
+
+    def _refresh_window(self, cached: CachedPolicy) -> float:
+        """How long before expiry to re-fetch: `refresh_before`, but at most a quarter of
+        a short max_age (else a policy of 10 minutes would be fetched on every lookup)."""
+        return min(self._refresh_before, cached.policy.max_age / 4)
 
     def _without_record(self, domain: str, cached: CachedPolicy | None,
                         why: str) -> StsDecision:

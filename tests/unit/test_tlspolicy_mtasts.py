@@ -208,3 +208,13 @@ def test_memory_cache_is_bounded() -> None:
     cache.put("b.example", CachedPolicy(policy, "1", 5.0))
     cache.put("c.example", CachedPolicy(policy, "1", 20.0))
     assert len(cache) == 2 and cache.get("b.example") is None
+
+
+def test_short_max_age_is_not_fetched_on_every_lookup() -> None:
+    world = World()  # refresh_before = 600 s
+    world.publish("example.org", "a1", ENFORCE.replace("86400", "300"))
+    world.sts.decide("example.org")
+    world.now += 100
+    assert world.sts.decide("example.org").source is Source.CACHE
+    world.now += 150  # 50 s left: inside a quarter of max_age
+    assert world.sts.decide("example.org").source is Source.FETCHED
