@@ -5,26 +5,19 @@ server on loopback, with a certificate from a private CA made here, serves the p
 
 from __future__ import annotations
 
-import datetime
-import http.server
-import ipaddress
-import ssl
 import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.harness import AuthoritativeDns, free_port, mailward_command, wait_until
 from tests.harness.process import ManagedProcess, unix_accepts
 from tests.harness.toml import dumps
+from tests.support.mtasts import Site, TestCa, https_server
 
 #: Names the HTTPS server's certificate covers; mta-sts.badcert.example is served too,
 #: but the certificate does not name it.
@@ -33,98 +26,6 @@ CERT_NAMES = ["mta-sts.example.org", "mta-sts.testing.example", "mta-sts.moved.e
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx1.example.org\nmx: *.mail.example.org\n" \
           "max_age: 86400\n"
-
-
-# --------------------------------------------------------------------------- private CA
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def make_pki(directory: Path) -> Pki:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("Mailward test CA"))
-          .issuer_name(_name("Mailward test CA")).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
-                                       False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(_name(CERT_NAMES[0]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName(name) for name in CERT_NAMES]
-                + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pki = Pki(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    pki.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    pki.key_file.chmod(0o600)
-    return pki
-
-
-# --------------------------------------------------------------------------- HTTPS server
-
-
-@dataclass
-class Site:
-    """What https://mta-sts.DOMAIN/.well-known/mta-sts.txt answers, by Host header."""
-
-    pages: dict[str, tuple[int, str, bytes]] = field(default_factory=dict)
-    requests: list[str] = field(default_factory=list)
-
-    def policy(self, domain: str, text: str) -> None:
-        self.pages[f"mta-sts.{domain}"] = (200, "text/plain", text.encode())
-
-
-def https_server(pki: Pki, site: Site) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            host = self.headers.get("Host", "").split(":")[0]
-            site.requests.append(f"{host}{self.path}")
-            status, content_type, body = site.pages.get(host, (404, "text/plain", b"no"))
-            if self.path != "/.well-known/mta-sts.txt":
-                status, body = 404, b"no"
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            if status in (301, 302):
-                self.send_header("Location", "https://mta-sts.example.org/.well-known/mta-sts.txt")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(pki.cert_file, pki.key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    return server
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -166,9 +67,9 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("tlspolicy")
-    pki = make_pki(base)
+    ca = TestCa(base)
     site = Site()
-    server = https_server(pki, site)
+    server = https_server(ca.issue("policy-host", CERT_NAMES), site)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     nsd = AuthoritativeDns(base / "nsd")
@@ -181,7 +82,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "tlspolicy": {
             "socket": f"unix:{socket_path}",
             "metrics_listen": f"127.0.0.1:{metrics_port}",
-            "ca_file": str(pki.ca_file),
+            "ca_file": str(ca.ca_file),
             "policy_port": server.server_address[1],
             "fetch_timeout": 5.0,
             "max_policy_size": 4096,
