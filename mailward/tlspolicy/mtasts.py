@@ -316,8 +316,12 @@ def postfix_policy(policy: Policy, servername: bool) -> str:
 def normalise_key(key: str) -> str | None:
     """The domain a Postfix lookup key names, or None for keys no policy applies to:
     `[host]:port` next hops (no MX lookup: MTA-STS does not apply), Postfix's
-    parent-domain probes (`.example.org`) and anything that is not a domain name."""
-    name = key.strip().rstrip(".").lower()
+    parent-domain probes (`.example.org`) and anything that is not a domain name.
+    A next hop `domain:port` (MX lookup, another port: a transport map) is the domain's."""
+    name, colon, port = key.strip().lower().partition(":")
+    if colon and not port.isdigit():
+        return None
+    name = name.rstrip(".")
     labels = name.split(".")
     if len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         return None

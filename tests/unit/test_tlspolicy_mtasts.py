@@ -86,6 +86,8 @@ def test_keys() -> None:
     assert normalise_key(".example.org") is None
     assert normalise_key("[192.0.2.1]:25") is None
     assert normalise_key("localhost") is None
+    assert normalise_key("example.org:2525") == "example.org"
+    assert normalise_key("example.org:smtp") is None
 
 
 class World:
