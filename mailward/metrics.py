@@ -303,7 +303,8 @@ TLSPOLICY_FETCHES = Counter(
 )
 TLSPOLICY_CACHE = Counter(
     "mailward_tlspolicy_cache_lookups_total",
-    "Where MTA-STS decisions came from (cache, fetched, stale_cache, none).",
+    "Where answers came from: memory (an answer still valid, no DNS), cache (policy cached, "
+    "TXT id checked), fetched, stale_cache (refresh failed), none.",
     ["source"],
 )
 TLSPOLICY_ANSWER_SECONDS = Histogram(

@@ -50,6 +50,8 @@ class TlsAnswer:
 
 
 _NOTFOUND = Reply(ReplyStatus.NOTFOUND)
+#: An answer is reused without asking DNS again for at most this long.
+_MAX_KNOWN_SECONDS = 300.0
 
 
 class TlsPolicyEngine:
@@ -59,8 +61,41 @@ class TlsPolicyEngine:
         self.cache = cache
         self._sts = MtaSts(resolver, fetch, cache, time.time,
                            refresh_before=settings.refresh_before)
+        self._answers: dict[str, tuple[TlsAnswer, float]] = {}
+
+    def known_answer(self, key: str) -> TlsAnswer | None:
+        """The answer already decided for `key`, while the DNS data behind it is valid;
+        needs no I/O, so the server answers it on its event loop."""
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        answer, valid_until = found
+        if time.monotonic() >= valid_until:
+            self._answers.pop(key, None)
+            return None
+        return answer
 
     def answer(self, key: str) -> TlsAnswer:
+        answer = self._decide(key)
+        self._remember(answer)
+        return answer
+
+    def _remember(self, answer: TlsAnswer) -> None:
+        """Keep an answer for as long as its TXT record's TTL (capped), so that an id
+        change is seen as soon as a caching resolver would see it."""
+        decision = answer.decision
+        if decision is None or decision.record_ttl <= 0:
+            return
+        lifetime = min(float(decision.record_ttl), _MAX_KNOWN_SECONDS)
+        if decision.policy is not None:
+            lifetime = min(lifetime, decision.policy.max_age / 4)
+        if lifetime <= 0:
+            return
+        if len(self._answers) >= self.settings.cache_entries:
+            self._answers.clear()  # rare: a bound, not an eviction policy worth a lock
+        self._answers[answer.key] = (answer, time.monotonic() + lifetime)
+
+    def _decide(self, key: str) -> TlsAnswer:
         domain = normalise_key(key)
         if domain is None:
             return TlsAnswer(key, _NOTFOUND, AnswerKind.NOTFOUND, "not a domain name")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -218,6 +218,9 @@ class StsDecision:
     source: Source
     reason: str
     fetch_outcome: str | None = None  # set when a fetch was attempted
+    #: Seconds the `_mta-sts` TXT answer behind this decision stays valid (its TTL);
+    #: 0 when the decision rests on a failure and must be made again next time.
+    record_ttl: int = 0
 
     @property
     def mode(self) -> Mode:
@@ -245,15 +248,20 @@ class MtaSts:
             cached = None
         answer = self._resolver.query(f"_mta-sts.{domain}", "TXT")
         if answer.outcome is not Outcome.ANSWER:
-            return self._without_record(domain, cached, answer.outcome.value)
+            decision = self._without_record(domain, cached, answer.outcome.value)
+            settled = answer.outcome in (Outcome.NXDOMAIN, Outcome.NODATA) and cached is None
+            return replace(decision, record_ttl=answer.ttl) if settled else decision
         try:
             record = parse_sts_record(answer.records)
         except RecordError as exc:
             return self._without_record(domain, cached, str(exc))
         if (cached is not None and cached.policy_id == record.policy_id
                 and cached.expires_at - now > self._refresh_window(cached)):
-            return StsDecision(domain, cached.policy, Source.CACHE, "cached, id unchanged")
-        return self._refresh(domain, record, cached, now)
+            return StsDecision(domain, cached.policy, Source.CACHE, "cached, id unchanged",
+                               record_ttl=answer.ttl)
+        decision = self._refresh(domain, record, cached, now)
+        return replace(decision, record_ttl=answer.ttl) if decision.fetch_outcome == "ok" \
+            else decision
 
     def _refresh_window(self, cached: CachedPolicy) -> float:
         """How long before expiry to re-fetch: `refresh_before`, but at most a quarter of

@@ -184,6 +184,10 @@ class TlsPolicyServer:
     async def _answer(self, lookup: Lookup) -> Reply:
         started = time.perf_counter()
         engine = self.engine
+        known = engine.known_answer(lookup.key)
+        if known is not None:
+            _ANSWERS_FROM_MEMORY.inc()
+            return self._answered(known, started, repeated=True)
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(self._executor, engine.answer, lookup.key)
@@ -192,9 +196,17 @@ class TlsPolicyServer:
             metrics.ERRORS.labels("tlspolicy").inc()
             metrics.TLSPOLICY_ANSWERS.labels("temp").inc()
             return Reply(ReplyStatus.TEMP, "internal error")
-        metrics.TLSPOLICY_ANSWER_SECONDS.observe(time.perf_counter() - started)
         _count(answer)
-        level = logging.INFO if answer.changes_delivery else logging.DEBUG
+        return self._answered(answer, started)
+
+    @staticmethod
+    def _answered(answer: TlsAnswer, started: float, repeated: bool = False) -> Reply:
+        """Count and log an answer.  A decision that changes a delivery is logged at INFO
+        when it is made; its repeats from memory (same TXT data, within its TTL) only at
+        DEBUG, or a busy relay would log one line per delivery attempt."""
+        metrics.TLSPOLICY_ANSWER_SECONDS.observe(time.perf_counter() - started)
+        _ANSWER_KINDS[answer.kind].inc()
+        level = logging.INFO if answer.changes_delivery and not repeated else logging.DEBUG
         if log.isEnabledFor(level):
             log.log(level, "%s: %s %s (%s)", answer.key, answer.reply.status,
                     answer.reply.data, answer.reason)
@@ -206,8 +218,12 @@ class TlsPolicyServer:
         metrics.TLSPOLICY_PROTOCOL_ERRORS.labels(problem.kind.value).inc()
 
 
+#: Label children looked up once: an answer from memory takes a few microseconds.
+_ANSWER_KINDS = {kind: metrics.TLSPOLICY_ANSWERS.labels(kind.value) for kind in AnswerKind}
+_ANSWERS_FROM_MEMORY = metrics.TLSPOLICY_CACHE.labels("memory")
+
+
 def _count(answer: TlsAnswer) -> None:
-    metrics.TLSPOLICY_ANSWERS.labels(answer.kind.value).inc()
     decision = answer.decision
     if answer.kind is AnswerKind.OVERRIDE:
         metrics.TLSPOLICY_DECISIONS.labels("override", "none").inc()
