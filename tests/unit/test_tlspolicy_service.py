@@ -10,7 +10,7 @@ from pathlib import Path
 from mailward.config import Settings, SocketAddress
 from mailward.dns import InMemoryResolver
 from mailward.tlspolicy.engine import TlsPolicyEngine
-from mailward.tlspolicy.mtasts import FetchError, PolicyCache
+from mailward.tlspolicy.mtasts import FetchError, MemoryPolicyCache, PolicyCache
 from mailward.tlspolicy.service import TlsPolicyServer
 from mailward.tlspolicy.settings import TlsPolicySettings
 from mailward.tlspolicy.socketmap import Lookup, encode_lookup
@@ -105,3 +105,22 @@ def test_reload_keeps_learnt_policies_and_refuses_a_bad_file(tmp_path: Path) -> 
     current = server.engine
     server.reload()
     assert server.engine is current
+
+
+def test_known_answers_follow_the_txt_ttl(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "x.sock")
+    resolver = InMemoryResolver.from_zones({
+        "example.org": '_mta-sts 300 IN TXT "v=STSv1; id=1"\n',
+        "zero.example": '_mta-sts 0 IN TXT "v=STSv1; id=1"\n',
+    })
+    engine = TlsPolicyEngine(settings.tlspolicy, resolver, lambda domain: POLICY,
+                             MemoryPolicyCache())
+    assert engine.known_answer("example.org") is None
+    first = engine.answer("example.org")
+    known = engine.known_answer("example.org")
+    assert known is not None and known.reply == first.reply
+    engine.answer("zero.example")
+    assert engine.known_answer("zero.example") is None  # TTL 0: decided again each time
+    resolver.fail("_mta-sts.other.example")
+    engine.answer("other.example")
+    assert engine.known_answer("other.example") is None  # a failure is never remembered
