@@ -51,6 +51,15 @@ def default_factory(settings: Settings, cache: PolicyCache) -> TlsPolicyEngine:
     return build_engine(settings.tlspolicy, DnsResolver(settings.dns), cache)
 
 
+def open_cache(settings: Settings) -> PolicyCache:
+    """`[tlspolicy] cache`: SQLite keeps learnt policies across restarts."""
+    if settings.tlspolicy.cache == "sqlite":
+        from mailward.tlspolicy.store import SqlitePolicyCache
+
+        return SqlitePolicyCache(settings.tlspolicy.cache_path)
+    return MemoryPolicyCache(settings.tlspolicy.cache_entries)
+
+
 class TlsPolicyServer:
     """Serves the socketmap protocol on `[tlspolicy] socket` until stopped."""
 
@@ -59,7 +68,7 @@ class TlsPolicyServer:
         self.config_path = config_path
         self.settings = settings
         self.factory = factory
-        self.cache: PolicyCache = MemoryPolicyCache(settings.tlspolicy.cache_entries)
+        self.cache = open_cache(settings)
         self.engine = factory(settings, self.cache)
         self._executor = ThreadPoolExecutor(max_workers=settings.tlspolicy.threads,
                                             thread_name_prefix="mailward-tlspolicy")

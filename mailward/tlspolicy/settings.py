@@ -59,6 +59,9 @@ class TlsPolicySettings:
     servername: bool = True  # Postfix >= 3.4 reads `servername=hostname`
     refresh_before: float = 3600.0
     cache_entries: int = 100_000
+    #: "memory" (lost on restart) or "sqlite" (kept in `cache_path`).
+    cache: str = "sqlite"
+    cache_path: Path = Path("/var/lib/mailward/tlspolicy.db")
     #: domain -> Postfix TLS policy, answered as is (before MTA-STS is consulted).
     overrides: Mapping[str, str] = field(default_factory=dict)
 
@@ -67,6 +70,12 @@ def _mode(text: str) -> int:
     if not re.fullmatch(r"0?[0-7]{3}", text):
         raise ValueError(f"{text!r} is not an octal file mode such as \"0660\"")
     return int(text, 8)
+
+
+def _cache_kind(text: str) -> str:
+    if text not in ("memory", "sqlite"):
+        raise ValueError(f"must be 'memory' or 'sqlite', got {text!r}")
+    return text
 
 
 def _override(text: str) -> str:
@@ -110,6 +119,8 @@ def read_tlspolicy(table: Table) -> TlsPolicySettings:
                                     0.0, 31_557_600.0),
         cache_entries=table.number("cache_entries", int, defaults.cache_entries,
                                    1, 10_000_000),
+        cache=table.parsed("cache", _cache_kind, defaults.cache),
+        cache_path=Path(table.scalar("cache_path", str, str(defaults.cache_path))),
         overrides=_read_overrides(table.table("overrides")),
     )
     table.finish()

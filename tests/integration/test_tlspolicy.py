@@ -86,6 +86,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "policy_port": server.server_address[1],
             "fetch_timeout": 5.0,
             "max_policy_size": 4096,
+            "cache_path": str(base / "state" / "tlspolicy.db"),
             "overrides": {"override.example": "dane-only"},
         },
     }))
@@ -181,3 +182,16 @@ def test_no_record_and_other_keys_are_notfound(world: World) -> None:
     assert world.postmap("[127.0.0.1]:25").returncode == 1
     result = world.postmap("override.example")
     assert result.returncode == 0 and result.stdout.strip() == "dane-only"
+
+
+def test_learnt_enforce_policy_survives_a_restart_during_a_dns_outage(world: World) -> None:
+    world.publish("example.org", "20260101", ENFORCE)
+    assert world.postmap("example.org").returncode == 0
+    world.service.stop()
+    world.service.start()
+    wait_until(lambda: unix_accepts(world.socket_path), 20.0, "mailward tlspolicy socket",
+               diagnostics=world.service.output)
+    with world.nsd.outage():
+        result = world.postmap("example.org")
+    assert result.returncode == 0, result.stderr + world.service.output()
+    assert result.stdout.startswith("secure match=mx1.example.org")

@@ -116,6 +116,7 @@ def delivery(stack: MailStack) -> Iterator[Delivery]:
             "metrics_listen": f"127.0.0.1:{free_port()}",
             "ca_file": str(ca.ca_file),
             "policy_port": server.server_address[1],
+            "cache_path": str(base / "tlspolicy.db"),
         },
     }))
     service = ManagedProcess("mailward-tlspolicy", mailward_command("tlspolicy", config),

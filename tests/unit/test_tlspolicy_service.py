@@ -21,7 +21,7 @@ POLICY = "version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: 600\n"
 def settings_for(socket_path: Path) -> Settings:
     return replace(Settings(), tlspolicy=TlsPolicySettings(
         socket=SocketAddress.parse(f"unix:{socket_path}"), metrics_listen=None,
-        servername=False, overrides={"broken.example": "secure"}))
+        servername=False, overrides={"broken.example": "secure"}, cache="memory"))
 
 
 def factory(settings: Settings, cache: PolicyCache) -> TlsPolicyEngine:
@@ -124,3 +124,21 @@ def test_known_answers_follow_the_txt_ttl(tmp_path: Path) -> None:
     resolver.fail("_mta-sts.other.example")
     engine.answer("other.example")
     assert engine.known_answer("other.example") is None  # a failure is never remembered
+
+
+def test_sqlite_cache_keeps_policies_across_instances(tmp_path: Path) -> None:
+    from mailward.tlspolicy.mtasts import CachedPolicy, Mode, Policy
+    from mailward.tlspolicy.store import SqlitePolicyCache
+
+    path = tmp_path / "state" / "tlspolicy.db"
+    entry = CachedPolicy(Policy(Mode.ENFORCE, ("mx1.example.org", "*.example.org"), 600),
+                         "id7", 1234.5)
+    first = SqlitePolicyCache(path)
+    first.put("example.org", entry)
+    first.close()
+    second = SqlitePolicyCache(path)
+    assert second.get("example.org") == entry
+    assert second.get("other.example") is None
+    second.delete("example.org")
+    assert second.get("example.org") is None
+    assert path.stat().st_mode & 0o777 == 0o600
