@@ -8,6 +8,7 @@ permanent failure of mail, nor let an attacker downgrade an `enforce` domain.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -62,6 +63,7 @@ class TlsPolicyEngine:
         self._sts = MtaSts(resolver, fetch, cache, time.time,
                            refresh_before=settings.refresh_before)
         self._answers: dict[str, tuple[TlsAnswer, float]] = {}
+        self._locks = tuple(threading.Lock() for _ in range(64))  # striped: bounded
 
     def known_answer(self, key: str) -> TlsAnswer | None:
         """The answer already decided for `key`, while the DNS data behind it is valid;
@@ -76,9 +78,15 @@ class TlsPolicyEngine:
         return answer
 
     def answer(self, key: str) -> TlsAnswer:
-        answer = self._decide(key)
-        self._remember(answer)
-        return answer
+        """Decide (blocking).  Lookups of one key wait for each other, so that many smtp
+        processes asking about a domain at once cause one fetch, not one each."""
+        with self._locks[hash(key) % len(self._locks)]:
+            known = self.known_answer(key)
+            if known is not None:
+                return known
+            answer = self._decide(key)
+            self._remember(answer)
+            return answer
 
     def _remember(self, answer: TlsAnswer) -> None:
         """Keep an answer for as long as its TXT record's TTL (capped), so that an id

@@ -142,3 +142,25 @@ def test_sqlite_cache_keeps_policies_across_instances(tmp_path: Path) -> None:
     second.delete("example.org")
     assert second.get("example.org") is None
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_concurrent_lookups_of_one_domain_fetch_once(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    settings = settings_for(tmp_path / "x.sock")
+    resolver = InMemoryResolver.from_zones({"example.org": '_mta-sts 300 IN TXT "v=STSv1; id=1"\n'})
+    fetched: list[str] = []
+
+    def slow_fetch(domain: str) -> str:
+        fetched.append(domain)
+        time.sleep(0.05)  # a slow server, so that the lookups overlap (not a readiness wait)
+        return POLICY
+
+    engine = TlsPolicyEngine(settings.tlspolicy, resolver, slow_fetch, MemoryPolicyCache())
+    threads = [threading.Thread(target=engine.answer, args=("example.org",)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert fetched == ["example.org"]
