@@ -40,6 +40,7 @@ from mailward.configreader import (
 from mailward.model import Action, unmapped
 from mailward.reports.settings import ReportSettings, read_report_settings
 from mailward.scoring import ScoringSettings, read_scoring
+from mailward.tlspolicy.settings import TlsPolicySettings, read_tlspolicy
 
 T = TypeVar("T")
 
@@ -496,6 +497,7 @@ class Settings:
     dmarc_reports: ReportSettings = field(default_factory=ReportSettings)
     #: [scoring]: weights, thresholds, actions (mailward/scoring.py).
     scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    tlspolicy: TlsPolicySettings = field(default_factory=TlsPolicySettings)
 
 
 def _read_scoring(table: Table, checks: Mapping[str, object]) -> ScoringSettings:
@@ -1018,6 +1020,7 @@ def settings_from_mapping(
         checks=_check_sections(root),
         source=source,
         dmarc_reports=read_report_settings(root.table("dmarc_reports")),
+        tlspolicy=read_tlspolicy(root.table("tlspolicy")),
     )
     settings = replace(settings, scoring=_read_scoring(root.table("scoring"), settings.checks))
     root.finish()

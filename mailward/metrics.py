@@ -274,3 +274,46 @@ DNSLIST_LOOKUPS = Counter(
     "(clean, listed, error_code, timeout, error).",
     ["kind", "list", "status"],
 )
+
+# --------------------------------------------------------------------------- tlspolicy
+
+TLSPOLICY_CONNECTIONS = Counter(
+    "mailward_tlspolicy_connections_total",
+    "Socketmap connections accepted from Postfix.",
+)
+TLSPOLICY_ACTIVE_CONNECTIONS = Gauge(
+    "mailward_tlspolicy_active_connections",
+    "Socketmap connections currently open.",
+    multiprocess_mode="livesum",
+)
+TLSPOLICY_ANSWERS = Counter(
+    "mailward_tlspolicy_answers_total",
+    "Socketmap answers by kind (secure, override, notfound, temp, perm).",
+    ["kind"],
+)
+TLSPOLICY_DECISIONS = Counter(
+    "mailward_tlspolicy_decisions_total",
+    "Policy decisions by mechanism (mta_sts, override, none) and MTA-STS mode.",
+    ["mechanism", "mode"],
+)
+TLSPOLICY_FETCHES = Counter(
+    "mailward_tlspolicy_policy_fetches_total",
+    "MTA-STS policy fetches by outcome (ok, certificate_error, timeout, too_large, ...).",
+    ["outcome"],
+)
+TLSPOLICY_CACHE = Counter(
+    "mailward_tlspolicy_cache_lookups_total",
+    "Where answers came from: memory (an answer still valid, no DNS), cache (policy cached, "
+    "TXT id checked), fetched, stale_cache (refresh failed), none.",
+    ["source"],
+)
+TLSPOLICY_ANSWER_SECONDS = Histogram(
+    "mailward_tlspolicy_answer_duration_seconds",
+    "Time from a complete socketmap request to its answer.",
+    buckets=_LATENCY_BUCKETS,
+)
+TLSPOLICY_PROTOCOL_ERRORS = Counter(
+    "mailward_tlspolicy_protocol_errors_total",
+    "Socketmap connections closed for a protocol error, by kind.",
+    ["kind"],
+)
