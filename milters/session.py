@@ -127,9 +127,25 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
 
     def _collect_macros(self) -> None:
         for name in _INTERESTING_MACROS:
-            value = self.getsymval(name)
+            value = self._macro(name)
             if value:
                 self._macros[name.strip("{}")] = value
+
+    def _macro(self, name: str) -> str | None:
+        """A macro's value, decoded tolerantly.
+
+        pymilter decodes macro values as strict UTF-8, so an 8-bit SASL user name
+        (``{auth_authen}``) would raise in every callback and earn the client a 451 for each
+        message it sends.  The exception still carries the MTA's bytes; undecodable bytes
+        become U+FFFD, which is only ever logged or compared, never trusted.
+        """
+        try:
+            value: str | None = self.getsymval(name)
+        except UnicodeDecodeError as exc:
+            log.warning("%s: macro %s is not UTF-8; decoded with replacement characters",
+                        self._macros.get("i") or "NOQUEUE", name)
+            return bytes(exc.object).decode("utf-8", "replace")
+        return value
 
     # ------------------------------------------------------------------ callbacks
 
@@ -171,7 +187,11 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
     @noreply
     @_guarded
     def header(self, name: str, value: str) -> int:
-        # Leading-space mode: the value is exactly what followed the colon.
+        # Leading-space mode: the value is exactly what followed the colon.  Without it
+        # (sendmail, other MTAs) the MTA dropped the conventional space after the colon;
+        # put that one space back, or c=simple DKIM signatures over this header fail.
+        if not self._protocol & Milter.P_HDR_LEADSPC and value[:1] not in ("", " ", "\t"):
+            value = " " + value
         self._envelope.headers.append(Header(name, value))
         return CONTINUE
 

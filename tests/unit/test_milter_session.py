@@ -237,3 +237,43 @@ def test_reply_text_is_made_safe_for_libmilter(text: str):
     safe = _milter_text(text)
     assert "\n" not in safe and "\r" not in safe
     assert safe.count("%") in (0, 2)
+
+
+class EightBitMacroContext(RecordingContext):
+    """pymilter's getsymval decodes strictly: an 8-bit macro value raises there."""
+
+    def getsymval(self, name: str) -> str | None:
+        if name == "{auth_authen}":
+            raw = "jürgen".encode("latin-1")
+            raise UnicodeDecodeError("utf-8", raw, 1, 2, "invalid continuation byte")
+        return super().getsymval(name)
+
+
+def test_an_eight_bit_macro_value_is_decoded_tolerantly_and_mail_flows():
+    session = MilterSession(FixedSource(Pipeline(settings(), InMemoryResolver())))
+    ctx = EightBitMacroContext(macros={"i": "ABC123"})
+    session._setctx(ctx)
+    session._protocol = Milter.P_HDR_LEADSPC
+    status = deliver(session, [("Subject", b" hello")])
+    assert status == Milter.CONTINUE
+    assert ctx.reply is None  # not the on_internal_error 451
+    assert session._macros["auth_authen"] == "j\ufffdrgen"
+
+
+def test_without_leading_space_mode_the_conventional_space_is_restored():
+    session, _ = open_session(Pipeline(settings(), InMemoryResolver()), leading_space=False)
+    session.connect("client.example.org", socket.AF_INET, ("192.0.2.10", 25000))
+    session.envfrom_bytes(b"<sender@example.org>")
+    session.header_bytes("Subject", b"hello")
+    session.header_bytes("X-Folded", b"\tcontinued")
+    session.header_bytes("X-Empty", b"")
+    assert [(h.name, h.value) for h in session._envelope.headers] == [
+        ("Subject", " hello"), ("X-Folded", "\tcontinued"), ("X-Empty", "")]
+
+
+def test_in_leading_space_mode_header_values_are_kept_verbatim():
+    session, _ = open_session(Pipeline(settings(), InMemoryResolver()))
+    session.connect("client.example.org", socket.AF_INET, ("192.0.2.10", 25000))
+    session.envfrom_bytes(b"<sender@example.org>")
+    session.header_bytes("Subject", b"hello")
+    assert [(h.name, h.value) for h in session._envelope.headers] == [("Subject", "hello")]
