@@ -181,6 +181,7 @@ class DnsSettings:
     nameservers: tuple[str, ...] = ()
     port: int = 53
     timeout: float = 2.0
+    message_budget: float = 6.0  # DNS seconds one message may spend in all; 0 = no cap
     cache_entries: int = 20000
     negative_ttl_max: int = 900
 
@@ -548,6 +549,7 @@ def _read_dns(table: Table) -> DnsSettings:
         nameservers=table.string_list("nameservers", defaults.nameservers, nameserver),
         port=table.number("port", int, defaults.port, 1, 65535),
         timeout=table.number("timeout", float, defaults.timeout, 0.05, 60.0),
+        message_budget=table.number("message_budget", float, defaults.message_budget, 0.0, 600.0),
         cache_entries=table.number("cache_entries", int, defaults.cache_entries, 0, 10_000_000),
         negative_ttl_max=table.number("negative_ttl_max", int, defaults.negative_ttl_max, 0, 86400),
     )

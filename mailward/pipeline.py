@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import authresults, dmarc_enforcement, metrics, scoring
+from mailward import authresults, dmarc_enforcement, dnsbudget, metrics, scoring
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
@@ -162,9 +162,11 @@ class Pipeline:
 
     def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
         direction = self.direction(connection)
-        if direction is Direction.INBOUND:
-            return self._evaluate_inbound(connection, transaction)
-        return self._evaluate_outbound(connection, transaction)
+        # Every lookup for this message shares one DNS time budget (mailward/dnsbudget.py).
+        with dnsbudget.message_budget(self.settings.dns.message_budget):
+            if direction is Direction.INBOUND:
+                return self._evaluate_inbound(connection, transaction)
+            return self._evaluate_outbound(connection, transaction)
 
     # ------------------------------------------------------------------ inbound
 
