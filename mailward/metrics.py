@@ -270,7 +270,7 @@ SPAM_FORGED_HEADERS_REMOVED = Counter(
 )
 DNSLIST_LOOKUPS = Counter(
     "mailward_dnslist_lookups_total",
-    "DNS list lookups by kind (dnsbl), list name and status "
+    "DNS list lookups by kind (dnsbl, rhsbl, urilist), list name and status "
     "(clean, listed, error_code, timeout, error).",
     ["kind", "list", "status"],
 )
