@@ -24,7 +24,7 @@ from mailward.checks.registry import build_checks
 from mailward.config import settings_from_mapping
 from mailward.dns import InMemoryResolver
 from mailward.messagefile import transaction_from_bytes
-from mailward.model import Connection
+from mailward.model import Connection, Symbol
 from mailward.scoring import score_symbols
 
 RULE_CHECKS = ("mime", "gtube", "headers", "content")
@@ -46,7 +46,7 @@ def score_part(raws: list[bytes]) -> tuple[list[float], collections.Counter[str]
         transaction = transaction_from_bytes(raw, mail_from="bench@corpus.invalid",
                                              recipients=("user@example.net",))
         results = Results()
-        symbols = []
+        symbols: list[Symbol] = []
         for check in checks:
             check_input = CheckInput(connection, transaction, results)
             if not check.applies(check_input):
