@@ -252,11 +252,15 @@ class PolicyServer:
             self._at_cap = True
             log.warning("policy connections at the cap (%d, policyd.max_connections); "
                         "closing the ones idle the longest to admit new clients", self._cap)
-        for task, connection in list(self._connections.items()):
-            if len(self._connections) < self._cap:
+        excess = len(self._connections) - self._cap + 1  # 1 unless the cap was lowered
+        victims: list[_Connection] = []
+        for task, connection in self._connections.items():  # oldest first; stops early
+            if len(victims) == excess:
                 break
-            if task in self._busy:
-                continue
+            if task not in self._busy:
+                victims.append(connection)
+        for connection in victims:
+            task = connection.task
             del self._connections[task]  # its slot is free now; its task ends on its own
             connection.writer.close()
             task.cancel()
