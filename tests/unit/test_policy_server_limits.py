@@ -11,6 +11,8 @@ import resource
 import subprocess
 import sys
 
+import pytest
+
 from mailward.config import PolicydSettings, Settings, SocketAddress, SocketKind
 from policyd.limits import RESERVED_DESCRIPTORS, connection_cap, descriptor_room
 from policyd.server import PolicyServer
@@ -199,3 +201,21 @@ def test_server_start_logs_the_limit_and_cap(caplog):
         run(serving(settings, body))
     assert any("open-files limit" in message for message in caplog.messages)
     assert any("concurrent policy connections" in message for message in caplog.messages)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_request_timeout_and_derived_cap_are_read_and_checked(tmp_path):
+    from mailward.config import ConfigError, load_settings
+
+    path = tmp_path / "mailward.toml"
+    path.write_text('[policyd]\nrequest_timeout = 2.5\nmax_connections = 0\n')
+    policyd = load_settings(path).policyd
+    assert policyd.request_timeout == 2.5
+    assert policyd.max_connections == 0
+    assert PolicydSettings().max_connections == 0  # derived from the limit by default
+    for bad in ("request_timeout = 0", "request_timeout = \"soon\"", "max_connections = -1"):
+        path.write_text(f"[policyd]\n{bad}\n")
+        with pytest.raises(ConfigError, match=r"request_timeout|max_connections"):
+            load_settings(path)
