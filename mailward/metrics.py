@@ -317,3 +317,8 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     "Socketmap connections closed for a protocol error, by kind.",
     ["kind"],
 )
+
+POLICYD_EVICTED_CONNECTIONS = Counter(
+    "mailward_policyd_evicted_connections_total",
+    "Idle policy connections closed at the connection cap to admit a new client.",
+)
