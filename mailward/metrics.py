@@ -322,3 +322,11 @@ POLICYD_EVICTED_CONNECTIONS = Counter(
     "mailward_policyd_evicted_connections_total",
     "Idle policy connections closed at the connection cap to admit a new client.",
 )
+
+
+BAYES_AUTOLEARN = Counter(
+    "mailward_bayes_autolearn_total",
+    "Inbound messages handed to the learner by autolearn, by class and outcome "
+    "(spooled, error).",
+    ["class", "outcome"],
+)

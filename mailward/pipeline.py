@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailward import authresults, dmarc_enforcement, dnsbudget, metrics, scoring
+from mailward.bayes.autolearn import Autolearner
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
@@ -149,6 +150,7 @@ class Pipeline:
     signer: OutboundSigner | None = None
     sealer: ArcSealer | None = None
     recorder: Recorder | None = None  # DMARC report recording (mailward/reports)
+    autolearner: Autolearner | None = None  # Bayes autolearn (mailward/bayes/autolearn.py)
 
     def direction(self, connection: Connection) -> Direction:
         """Outbound: authenticated, local (sendmail command) or from a trusted network."""
@@ -200,6 +202,10 @@ class Pipeline:
         edits.extend(decision.header_edits)
         outcome = self._scored(transaction, report.symbols, decision)
         edits.extend(outcome.header_edits)
+        if self.autolearner is not None and outcome.action is not Action.TEMPFAIL:
+            dmarc = results.get(dmarc_check.RESULT)
+            dmarc_failed = dmarc is not None and dmarc.result is dmarc_check.DmarcResult.FAIL
+            self.autolearner.consider(transaction, report.symbols, dmarc_failed)
         if (self.sealer is not None and outcome.action in (Action.ACCEPT, Action.QUARANTINE)
                 and self.sealer.applies(connection, transaction)):
             # Our ARC Set records our own results, and the chain's status as we found it
