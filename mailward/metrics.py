@@ -317,3 +317,12 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     "Socketmap connections closed for a protocol error, by kind.",
     ["kind"],
 )
+
+# --------------------------------------------------------------------------- forged trace headers
+
+MILTER_FORGED_TRACE_HEADERS_REMOVED = Counter(
+    "mailward_milter_forged_trace_headers_removed_total",
+    "Received-SPF and orphan ARC-Authentication-Results headers claiming our host, "
+    "removed from untrusted mail, by header (received_spf, arc_authentication_results).",
+    ["header"],
+)
