@@ -51,22 +51,35 @@ class ForgedTraceHeaders:
         return self.received_spf + self.arc_authentication_results
 
 
-def find_forged(headers: Sequence[Header], our_names: Collection[str]) -> ForgedTraceHeaders:
-    """The Received-SPF and orphan AAR headers in `headers` that claim one of `our_names`."""
+def find_forged(
+    headers: Sequence[Header], our_names: Collection[str], *, policy_prepends_spf: bool = False
+) -> ForgedTraceHeaders:
+    """The Received-SPF and orphan AAR headers in `headers` that claim one of `our_names`.
+
+    `policy_prepends_spf`: our policy service adds a Received-SPF at the top, keep it.
+    """
     names = {_host(name) for name in our_names if name}
     return ForgedTraceHeaders(
-        received_spf=forged_received_spf(headers, names),
+        received_spf=forged_received_spf(headers, names, first_is_ours=policy_prepends_spf),
         arc_authentication_results=orphan_aar_claiming(headers, names),
     )
 
 
 def forged_received_spf(
-    headers: Iterable[Header], our_names: Collection[str]
+    headers: Sequence[Header], our_names: Collection[str], *, first_is_ours: bool = False
 ) -> tuple[RemoveHeader, ...]:
-    """Removals for every Received-SPF naming one of `our_names` as its receiver."""
+    """Removals for every sender-written Received-SPF naming one of `our_names`.
+
+    Our own policy service PREPENDs a Received-SPF (smtpd access restrictions) that
+    names us as receiver, and Postfix shows it to the milter as the very first header,
+    above everything the client wrote.  `first_is_ours` (the policy service is
+    configured to prepend) keeps a Received-SPF in that first position.
+    """
     names = {_host(name) for name in our_names}
     removals = []
     for occurrence, header in _numbered(headers, RECEIVED_SPF):
+        if first_is_ours and headers and header is headers[0]:
+            continue
         if received_spf_receivers(header.value) & names:
             removals.append(RemoveHeader(RECEIVED_SPF, occurrence))
     return tuple(reversed(removals))

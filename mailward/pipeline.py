@@ -214,7 +214,10 @@ class Pipeline:
         """Sender-written Received-SPF / orphan AAR claiming our host go, counted like
         forged A-R (see mailward/forgery.py for what counts as claiming)."""
         authserv_id = self.settings.general.authserv_id
-        forged = forgery.find_forged(transaction.headers, (authserv_id,))
+        policy_spf = self.settings.policyd_spf
+        forged = forgery.find_forged(
+            transaction.headers, (authserv_id,),
+            policy_prepends_spf=policy_spf.enabled and policy_spf.received_spf)
         kinds = (("received_spf", forged.received_spf),
                  ("arc_authentication_results", forged.arc_authentication_results))
         for label, removals in kinds:

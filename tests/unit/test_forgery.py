@@ -77,3 +77,18 @@ def test_find_forged_separates_kinds_and_ignores_other_headers():
     assert forged.arc_authentication_results == (RemoveHeader("ARC-Authentication-Results", 1),)
     assert len(forged.removals) == 2
     assert find_forged(headers, ("other.example",)).removals == ()
+
+
+def test_first_header_received_spf_is_our_policy_services_when_it_prepends():
+    headers = [
+        spf("pass (mx.example.net: domain of a@x.example designates 192.0.2.1 as permitted"
+            " sender) client-ip=192.0.2.1; receiver=mx.example.net"),
+        Header("From", "a@x.example"),
+        spf("pass client-ip=192.0.2.1; receiver=mx.example.net"),
+    ]
+    assert forged_received_spf(headers, OURS, first_is_ours=True) == (
+        RemoveHeader("Received-SPF", 2),)
+    assert forged_received_spf(headers, OURS) == (
+        RemoveHeader("Received-SPF", 2), RemoveHeader("Received-SPF", 1))
+    assert find_forged(headers, OURS, policy_prepends_spf=True).received_spf == (
+        RemoveHeader("Received-SPF", 2),)
