@@ -181,8 +181,8 @@ class DnsResolver:
         try:
             qname = dns.name.from_text(name)
             qtype = dns.rdatatype.from_text(rdtype)
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
+        except (dns.exception.DNSException, ValueError):
+            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=INVALID_NAME_TEXT)
         try:
             result = self._resolver.resolve(
                 qname, qtype, raise_on_no_answer=False, search=False
@@ -227,6 +227,10 @@ class DnsFailure(StrEnum):
     REFUSED = "REFUSED"
     NXDOMAIN = "NXDOMAIN"
     ERROR = "DNS error"
+
+
+# An unqueryable name (bad label, too long): dnspython's wording is not ours to publish.
+INVALID_NAME_TEXT = "invalid DNS name"
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -301,8 +305,8 @@ class InMemoryResolver:
         try:
             qname = dns.name.from_text(qname_text)
             qtype = dns.rdatatype.from_text(qtype_text)
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
+        except (dns.exception.DNSException, ValueError):
+            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=INVALID_NAME_TEXT)
         return self._lookup(name, rdtype, qname, qtype, depth=0)
 
     def _lookup(

@@ -80,3 +80,13 @@ def test_every_word_is_short_and_plain():
     for word in DnsFailure:
         assert len(word.value) <= 12
         _assert_no_leak(word.value)
+
+
+def test_invalid_name_is_described_plainly():
+    server = FakeDnsServer("normal")
+    try:
+        answer = make_resolver(server, FakeClock()).query("a" * 64 + ".example.test", "A")
+    finally:
+        server.close()
+    assert answer.outcome is Outcome.INVALID_NAME
+    assert answer.error == "invalid DNS name"
