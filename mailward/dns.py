@@ -23,6 +23,7 @@ from typing import Protocol
 import dns.exception
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
@@ -186,8 +187,8 @@ class DnsResolver:
         try:
             qname = dns.name.from_text(name)
             qtype = dns.rdatatype.from_text(rdtype)
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
+        except (dns.exception.DNSException, ValueError):
+            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=INVALID_NAME_TEXT)
         try:
             result = self._resolver.resolve(
                 qname, qtype, raise_on_no_answer=False, search=False, lifetime=lifetime
@@ -196,15 +197,10 @@ class DnsResolver:
             return DnsAnswer(
                 name, rdtype, Outcome.NXDOMAIN, ttl=self._negative_ttl(exc.response(qname))  # type: ignore[no-untyped-call]
             )
-        except dns.resolver.NoNameservers as exc:
-            # Every server answered SERVFAIL or REFUSED (or was unusable).
-            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=_short(exc))
-        except dns.exception.Timeout as exc:
-            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=_short(exc))
-        except dns.exception.DNSException as exc:
-            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=_short(exc))
-        except OSError as exc:
-            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=f"network error: {exc}")
+        except (dns.exception.DNSException, OSError) as exc:
+            # Timeout, SERVFAIL, REFUSED, network error: a short stable word, never the
+            # library's text (it names our resolver's address, and it reaches A-R reasons).
+            return DnsAnswer(name, rdtype, Outcome.TEMPERROR, error=describe_failure(exc))
         if result.rrset is None:
             return DnsAnswer(
                 name, rdtype, Outcome.NODATA, ttl=self._negative_ttl(result.response)
@@ -224,9 +220,55 @@ class DnsResolver:
         return 0  # RFC 2308: without an SOA, a negative answer is not cached
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+class DnsFailure(StrEnum):
+    """The words a failed lookup is described with, in A-R reasons, replies and logs.
+
+    Short and stable on purpose: dnspython's own text ("All nameservers failed ...:
+    Server Do53:127.0.0.1@53 answered REFUSED") names our resolver's address and changes
+    between releases, and it ends up in headers that leave the site.
+    """
+
+    TIMEOUT = "DNS timeout"
+    SERVFAIL = "SERVFAIL"
+    REFUSED = "REFUSED"
+    NXDOMAIN = "NXDOMAIN"
+    ERROR = "DNS error"
+
+
+# An unqueryable name (bad label, too long): dnspython's wording is not ours to publish.
+INVALID_NAME_TEXT = "invalid DNS name"
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The one place a DNS exception becomes text: one of the `DnsFailure` words."""
+    if isinstance(exc, dns.exception.Timeout):
+        return DnsFailure.TIMEOUT.value
+    if isinstance(exc, dns.resolver.NXDOMAIN):
+        return DnsFailure.NXDOMAIN.value
+    if isinstance(exc, dns.resolver.NoNameservers):
+        return _describe_server_errors(exc.kwargs.get("errors") or ())
+    return DnsFailure.ERROR.value
+
+
+def _describe_server_errors(errors: Iterable[object]) -> str:
+    """What the servers said, most telling first: an rcode, else a timeout, else error."""
+    said: set[str] = set()
+    for error in errors:
+        # dnspython: (server, tcp, port, exception or rcode text, response)
+        if not isinstance(error, tuple) or len(error) < 4:
+            continue
+        what = error[3]
+        if isinstance(what, dns.exception.Timeout):
+            said.add(DnsFailure.TIMEOUT.value)
+        elif isinstance(what, str):
+            said.add(what.upper())
+        response = error[4] if len(error) > 4 else None
+        if isinstance(response, dns.message.Message):
+            said.add(dns.rcode.to_text(response.rcode()))
+    for word in (DnsFailure.SERVFAIL, DnsFailure.REFUSED, DnsFailure.TIMEOUT):
+        if word.value in said:
+            return word.value
+    return DnsFailure.ERROR.value
 
 
 @dataclass
@@ -269,8 +311,8 @@ class InMemoryResolver:
         try:
             qname = dns.name.from_text(qname_text)
             qtype = dns.rdatatype.from_text(qtype_text)
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
+        except (dns.exception.DNSException, ValueError):
+            return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=INVALID_NAME_TEXT)
         return self._lookup(name, rdtype, qname, qtype, depth=0)
 
     def _lookup(

@@ -330,3 +330,12 @@ BAYES_AUTOLEARN = Counter(
     "(spooled, error).",
     ["class", "outcome"],
 )
+
+# --------------------------------------------------------------------------- forged trace headers
+
+MILTER_FORGED_TRACE_HEADERS_REMOVED = Counter(
+    "mailward_milter_forged_trace_headers_removed_total",
+    "Received-SPF and orphan ARC-Authentication-Results headers claiming our host, "
+    "removed from untrusted mail, by header (received_spf, arc_authentication_results).",
+    ["header"],
+)

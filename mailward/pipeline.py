@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import authresults, dmarc_enforcement, dnsbudget, metrics, scoring
+from mailward import authresults, dmarc_enforcement, dnsbudget, forgery, metrics, scoring
 from mailward.bayes.autolearn import Autolearner
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
@@ -182,6 +182,7 @@ class Pipeline:
             metrics.MILTER_FORGED_AR_REMOVED.inc(len(edits))
             log.info("%s: removing %d forged Authentication-Results claiming %s",
                      transaction.log_id, len(edits), authserv_id)
+        edits.extend(self._forged_trace_headers(transaction))
         if self.settings.scoring.enabled:
             edits.extend(self._forged_spam_headers(transaction))
         report = self.inbound_report(connection, transaction)
@@ -216,6 +217,23 @@ class Pipeline:
         return Verdict(outcome.action, reply=outcome.reply, header_edits=tuple(edits),
                        results=auth_results, direction=Direction.INBOUND,
                        reason=outcome.reason, symbols=report.symbols)
+
+    def _forged_trace_headers(self, transaction: Transaction) -> tuple[HeaderEdit, ...]:
+        """Sender-written Received-SPF / orphan AAR claiming our host go, counted like
+        forged A-R (see mailward/forgery.py for what counts as claiming)."""
+        authserv_id = self.settings.general.authserv_id
+        policy_spf = self.settings.policyd_spf
+        forged = forgery.find_forged(
+            transaction.headers, (authserv_id,),
+            policy_prepends_spf=policy_spf.enabled and policy_spf.received_spf)
+        kinds = (("received_spf", forged.received_spf),
+                 ("arc_authentication_results", forged.arc_authentication_results))
+        for label, removals in kinds:
+            if removals:
+                metrics.MILTER_FORGED_TRACE_HEADERS_REMOVED.labels(label).inc(len(removals))
+                log.info("%s: removing %d forged %s claiming %s", transaction.log_id,
+                         len(removals), removals[0].name, authserv_id)
+        return forged.removals
 
     def _forged_spam_headers(self, transaction: Transaction) -> tuple[HeaderEdit, ...]:
         """Sender-written X-Spam-*/X-Mailward-* headers go, counted like forged A-R."""

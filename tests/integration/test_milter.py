@@ -110,6 +110,36 @@ def test_forged_authentication_results_from_external_client_are_removed(
         "mailward_milter_forged_authentication_results_removed_total") == 3.0
 
 
+def test_forged_received_spf_and_orphan_aar_from_external_client_are_removed(
+    stack, mailward, recipient
+):
+    services = mailward()
+    message_id = _message_id()
+    forged = [
+        ("Received-SPF", f"pass ({AUTHSERV_ID}: domain of a@bank.example designates"
+                         f" 192.0.2.10 as permitted sender)\r\n\tclient-ip=192.0.2.10;"
+                         f" envelope-from=a@bank.example; receiver={AUTHSERV_ID};"),
+        ("Received-SPF", "pass client-ip=192.0.2.10; receiver=relay.example.org"),
+        ("ARC-Authentication-Results", f"i=1; {AUTHSERV_ID}; dmarc=pass header.from=bank.example"),
+        ("ARC-Authentication-Results", "i=1; relay.example.org; spf=pass"),
+    ]
+    message = build_message("sender@client.example.org", recipient, headers=forged,
+                            message_id=message_id)
+    result = stack.send("sender@client.example.org", recipient, message,
+                        xclient_addr=EXTERNAL_CLIENT)
+    assert result.accepted, result
+
+    stored = _stored(stack, recipient, message_id)
+    spf_headers = [" ".join(str(v).split()) for v in stored.get_all("Received-SPF", [])]
+    assert spf_headers == ["pass client-ip=192.0.2.10; receiver=relay.example.org"]
+    aar = [" ".join(str(v).split()) for v in stored.get_all("ARC-Authentication-Results", [])]
+    assert aar == ["i=1; relay.example.org; spf=pass"]
+    assert services.metric_value("mailward_milter_forged_trace_headers_removed_total",
+                                 {"header": "received_spf"}) == 1.0
+    assert services.metric_value("mailward_milter_forged_trace_headers_removed_total",
+                                 {"header": "arc_authentication_results"}) == 1.0
+
+
 def test_trusted_client_keeps_its_authentication_results(stack, mailward, recipient):
     mailward()
     message_id = _message_id()

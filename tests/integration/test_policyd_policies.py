@@ -367,3 +367,21 @@ def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
     assert statuses["policyd"] == 0
     assert not socket_path.exists()
     assert not any(Path(f"/proc/{pid}").exists() for pid in replaced)
+
+
+def test_our_policy_services_received_spf_survives_the_milters_forgery_removal(
+    stack, zones, mailward_factory
+):
+    """The policy service PREPENDs Received-SPF naming our authserv-id as receiver; the
+    milter removes sender-written ones that do (issue 9, item 6).  Ours must stay."""
+    mailward_factory({"policyd": _socket_config(stack, "inet"), "spf": {"enabled": False},
+                      "dmarc": {"enabled": False}}, services=["milter", "policyd"])
+    recipient = stack.unique_address()
+    message_id = f"<{uuid.uuid4().hex}@{SENDER_DOMAIN}>"
+    message = build_message(f"alice@{SENDER_DOMAIN}", recipient, message_id=message_id)
+    accepted = stack.send(f"alice@{SENDER_DOMAIN}", recipient, message,
+                          xclient_addr=ALLOWED, helo="mail.client.example")
+    assert accepted.accepted, accepted
+    stored = _stored(stack, recipient, message_id)
+    spf = [" ".join(str(v).split()) for v in stored.get_all("Received-SPF", [])]
+    assert len(spf) == 1 and spf[0].startswith("pass (mx.example.net: "), spf
