@@ -1,0 +1,114 @@
+"""Faults through the real stack: mail keeps its promise while the milter and DNS fail.
+
+A second private Postfix (tests/harness/relay.py) sends a stream of messages to the
+stack's Postfix + Mailward milter.  Meanwhile the milter's workers are SIGKILLed several
+times (the supervisor replaces them; Postfix's milter_default_action = tempfail defers
+the sessions that were cut) and the DNS server goes dark for a while (the milter answers
+451 within its DNS budget).  When the faults end: the sender's queue drains, every
+message is in Dovecot exactly once (Message-ID census), and none was bounced -- a fault
+on our side is only ever a delay.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.harness import MailStack, build_message
+from tests.harness.process import wait_until
+from tests.harness.relay import sending_postfix
+
+SENDER_DOMAIN = "faults.example"
+MESSAGES = 24
+KILLS = 3
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(scope="module")
+def zones(stack: MailStack) -> None:
+    stack.dns.set_zones({
+        "example": "",
+        "in-addr.arpa": "1.0.0.127 IN PTR relay.faults.example.\n",
+        SENDER_DOMAIN: 'relay IN A 127.0.0.1\n@ IN TXT "v=spf1 ip4:127.0.0.1 -all"\n',
+    })
+
+
+def children(pid: int) -> set[int]:
+    """Pids whose parent is `pid` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailward_factory):
+    services = mailward_factory(
+        # The sending Postfix connects from 127.0.0.1: it must be inbound, checked mail.
+        {"general": {"trusted_networks": ["::1/128"]}, "milter": {"workers": 2},
+         "dns": {"timeout": 0.5, "message_budget": 1.5}},
+        services=["milter"])
+    supervisor = services.pids()["milter"]
+    wait_until(lambda: len(children(supervisor)) == 2, 15, "two milter workers")
+    sender = sending_postfix(stack.base_dir / "faults-sender", stack.postfix.smtp_port,
+                             hostname=f"relay.{SENDER_DOMAIN}")
+    sender.start()
+    recipient = stack.unique_address()
+    message_ids = [f"<{uuid.uuid4().hex}@{SENDER_DOMAIN}>" for _ in range(MESSAGES)]
+    killed: list[int] = []
+
+    def faults() -> None:
+        for _ in range(KILLS):
+            time.sleep(0.7)
+            workers = children(supervisor)
+            if workers:
+                victim = min(workers)
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+        with stack.dns.outage():
+            time.sleep(3)
+
+    try:
+        chaos = threading.Thread(target=faults)
+        chaos.start()
+        for message_id in message_ids:
+            sender.sendmail(build_message(f"alice@{SENDER_DOMAIN}", recipient,
+                                          message_id=message_id),
+                            [recipient], sender=f"alice@{SENDER_DOMAIN}")
+            time.sleep(0.15)  # a stream, not one burst: faults land mid-stream
+        chaos.join()
+        assert len(killed) == KILLS
+        # After the faults: the sender's queue drains ...
+        sender.wait_for_empty_queue(timeout=90)
+        # ... every message is in Dovecot exactly once ...
+        def census() -> dict[str, int]:
+            counts = {message_id: 0 for message_id in message_ids}
+            for message in stack.dovecot.messages(recipient):
+                found = (message.get("Message-ID") or "").strip()
+                if found in counts:
+                    counts[found] += 1
+            return counts
+        wait_until(lambda: all(count >= 1 for count in census().values()), 30,
+                   "every message in Dovecot")
+        assert set(census().values()) == {1}
+        # ... and nothing was bounced or rejected because of us.
+        sender_log = sender.log_text()
+        assert not re.search(r"status=bounced", sender_log), sender_log[-3000:]
+        assert not re.search(r" said: 5\d\d ", sender_log), sender_log[-3000:]
+        # The faults did happen: replaced workers, and deferrals the sender retried.
+        services.wait_for_log(r"exited unexpectedly", service="milter")
+    finally:
+        sender.stop()
