@@ -256,7 +256,7 @@ SPAM_SCORE = Histogram(
 )
 SPAM_ACTIONS = Counter(
     "mailward_spam_actions_total",
-    "Scoring decisions by action (no_action, add_header, quarantine, reject).",
+    "Scoring decisions by action (no_action, add_header, rewrite_subject, quarantine, reject).",
     ["action"],
 )
 SPAM_SYMBOLS = Counter(

@@ -234,7 +234,9 @@ class Pipeline:
         spam_reason = f"spam score {score.total:.1f} ({score.action.value})"
         if score.forced_by:
             spam_reason += f" forced by {score.forced_by}"
-        headers = scoring.spam_headers(score)
+        headers: tuple[HeaderEdit, ...] = scoring.spam_headers(score)
+        if scoring.rewrites_subject(score, self.settings.scoring):
+            headers += scoring.subject_rewrite(transaction.headers, score, self.settings.scoring)
         if score.action is scoring.ScoreAction.REJECT and decision.action is not Action.REJECT:
             if decision.action is not Action.ACCEPT:
                 log.info("%s: spam reject is stronger than DMARC's %s", transaction.log_id,
