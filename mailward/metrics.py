@@ -256,7 +256,8 @@ SPAM_SCORE = Histogram(
 )
 SPAM_ACTIONS = Counter(
     "mailward_spam_actions_total",
-    "Scoring decisions by action (no_action, add_header, rewrite_subject, quarantine, reject).",
+    "Scoring decisions by action"
+    " (no_action, add_header, rewrite_subject, greylist, quarantine, reject).",
     ["action"],
 )
 SPAM_SYMBOLS = Counter(
@@ -316,4 +317,11 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     "mailward_tlspolicy_protocol_errors_total",
     "Socketmap connections closed for a protocol error, by kind.",
     ["kind"],
+)
+
+
+SPAM_GREYLIST = Counter(
+    "mailward_spam_greylist_total",
+    "Spam-score greylist steps by result (pass, defer, unavailable).",
+    ["result"],
 )

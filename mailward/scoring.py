@@ -33,6 +33,7 @@ class ScoreAction(StrEnum):
     NO_ACTION = "no_action"
     ADD_HEADER = "add_header"
     REWRITE_SUBJECT = "rewrite_subject"
+    GREYLIST = "greylist"
     QUARANTINE = "quarantine"
     REJECT = "reject"
 
@@ -117,6 +118,12 @@ class ScoringSettings:
     #: Subject rewritten from this score on (None = never), with `subject_template`.
     rewrite_subject: float | None = None
     subject_template: str = "[SPAM {score}] {subject}"
+    #: Defer the first sight of the triplet from this score on (None = never); the
+    #: retry passes after `greylist_delay` and before `greylist_retry_window` seconds.
+    greylist: float | None = None
+    greylist_delay: float = 300.0
+    greylist_retry_window: float = 86400.0
+    greylist_expiry: float = 2592000.0
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     reject_message: str = "Message rejected as spam"
 
@@ -155,6 +162,13 @@ def read_scoring(table: Table, known_symbols: Iterable[str] = ()) -> ScoringSett
         reject=threshold("reject", defaults.reject),
         rewrite_subject=threshold("rewrite_subject", defaults.rewrite_subject),
         subject_template=table.scalar("subject_template", str, defaults.subject_template),
+        greylist=threshold("greylist", defaults.greylist),
+        greylist_delay=table.number("greylist_delay", float, defaults.greylist_delay,
+                                    1.0, 86400.0),
+        greylist_retry_window=table.number("greylist_retry_window", float,
+                                           defaults.greylist_retry_window, 2.0, 604800.0),
+        greylist_expiry=table.number("greylist_expiry", float, defaults.greylist_expiry,
+                                     60.0, 31536000.0),
         weights=weights,
         reject_message=table.scalar("reject_message", str, defaults.reject_message),
     )
@@ -163,6 +177,9 @@ def read_scoring(table: Table, known_symbols: Iterable[str] = ()) -> ScoringSett
     template_problem = subject_template_problem(settings.subject_template)
     if template_problem:
         table.error("subject_template", template_problem)
+    if settings.greylist_retry_window <= settings.greylist_delay:
+        table.error("greylist_retry_window",
+                    f"must be longer than greylist_delay ({settings.greylist_delay:g})")
     order_problem = threshold_order_problem(settings)
     if order_problem:
         table.error(order_problem[0], order_problem[1])
@@ -199,18 +216,19 @@ def subject_template_problem(template: str) -> str:
 def threshold_order_problem(settings: ScoringSettings) -> tuple[str, str] | None:
     """The key and message when the thresholds are not ordered highest action first.
 
-    reject > quarantine > rewrite_subject > required (add_header): a lower action with a
+    reject > quarantine > greylist > rewrite_subject > required (add_header): a lower action with a
     higher threshold than a stronger one could never be reached, which is surely a typo.
     """
     ordered = [(key, value) for key, value in (
         ("reject", settings.reject), ("quarantine", settings.quarantine),
-        ("rewrite_subject", settings.rewrite_subject), ("required", settings.required),
+        ("greylist", settings.greylist), ("rewrite_subject", settings.rewrite_subject),
+        ("required", settings.required),
     ) if value is not None]
     for (high_key, high), (low_key, low) in itertools.pairwise(ordered):
         if low > high:
             return (low_key, f"threshold {low:g} is above {high_key} = {high:g}; "
                              "thresholds must be ordered reject > quarantine > "
-                             "rewrite_subject > required")
+                             "greylist > rewrite_subject > required")
     return None
 
 
@@ -267,6 +285,8 @@ def action_for(total: float, settings: ScoringSettings) -> ScoreAction:
         return ScoreAction.REJECT
     if settings.quarantine is not None and total >= settings.quarantine:
         return ScoreAction.QUARANTINE
+    if settings.greylist is not None and total >= settings.greylist:
+        return ScoreAction.GREYLIST
     if settings.rewrite_subject is not None and total >= settings.rewrite_subject:
         return ScoreAction.REWRITE_SUBJECT
     if total >= settings.required:

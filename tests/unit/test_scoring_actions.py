@@ -145,7 +145,7 @@ def test_thresholds_out_of_order_are_an_error_naming_them(
         table: dict[str, object], key: str, names: str) -> None:
     with pytest.raises(ConfigError, match=rf"scoring\.{key}: .*above {names}") as raised:
         settings_from_mapping({"scoring": table})
-    assert "reject > quarantine > rewrite_subject > required" in str(raised.value)
+    assert "reject > quarantine > greylist > rewrite_subject > required" in str(raised.value)
 
 
 def test_equal_and_ordered_thresholds_are_accepted() -> None:
