@@ -4,11 +4,13 @@ milter in real Postfix, and the message filed into Junk by Dovecot's global Siev
 from __future__ import annotations
 
 import email.message
+import re
 import uuid
 
 import pytest
 
 from tests.harness import MailStack, build_message
+from tests.harness.relay import sending_postfix
 
 SENDER_DOMAIN = "bulk.example"
 CLIENT = "203.0.113.9"
@@ -49,3 +51,35 @@ def test_subject_is_rewritten_with_the_score(stack, zones, milter, recipient):
     assert subjects[0] == f"[SPAM {score}] {subject}"
     assert stored.get_all("X-Spam-Flag") == ["YES"]
     milter.wait_for_log(r"action=rewrite_subject")
+
+
+def test_greylist_defers_and_the_senders_retry_is_scored_again_and_delivered(
+        stack, zones, mailward_factory):
+    services = mailward_factory({
+        # The sending Postfix connects from 127.0.0.1: it must not count as trusted.
+        "general": {"trusted_networks": ["::1/128"]},
+        "state": {"backend": "sqlite", "path": str(stack.base_dir / "spam-greylist.db")},
+        "scoring": {"required": 6.0, "greylist": 8.0, "reject": 50.0,
+                    "greylist_delay": 2.0, "weights": {"GTUBE_ADD_HEADER": 9.0}},
+    }, services=["milter"])
+    sender = sending_postfix(stack.base_dir / "spam-sender-postfix", stack.postfix.smtp_port,
+                             hostname=f"relay.{SENDER_DOMAIN}")
+    sender.start()
+    try:
+        recipient = stack.unique_address()
+        subject = f"greylisted {uuid.uuid4().hex}"
+        sender.sendmail(build_message(f"news@{SENDER_DOMAIN}", recipient, subject=subject,
+                                      body=f"Buy now:\r\n{ADD_HEADER_GTUBE}\r\n"),
+                        [recipient], sender=f"news@{SENDER_DOMAIN}")
+        sender.wait_for_log(
+            rf"to=<{re.escape(recipient)}>.*status=deferred .*451 4\.7\.1 .*Greylisted",
+            timeout=20)
+        stored = stack.dovecot.wait_for_message(
+            recipient, "Junk", lambda m: m.get("Subject") == subject, timeout=30)
+        sender.wait_for_log(rf"to=<{re.escape(recipient)}>.*status=sent", timeout=20)
+        assert stored.get_all("X-Spam-Flag") == ["YES"]
+        services.wait_for_log(r"spam greylist deferred")
+        services.wait_for_log(r"spam greylist passed")
+        assert not sender.problems()
+    finally:
+        sender.stop()
