@@ -260,6 +260,11 @@ SPAM_ACTIONS = Counter(
     " (no_action, add_header, rewrite_subject, greylist, quarantine, reject).",
     ["action"],
 )
+SPAM_GREYLIST = Counter(
+    "mailward_spam_greylist_total",
+    "Spam-score greylist steps by result (pass, defer, unavailable).",
+    ["result"],
+)
 SPAM_SYMBOLS = Counter(
     "mailward_spam_symbols_total",
     "Symbols that contributed to a message's score, by name (a bounded set).",
@@ -317,11 +322,4 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     "mailward_tlspolicy_protocol_errors_total",
     "Socketmap connections closed for a protocol error, by kind.",
     ["kind"],
-)
-
-
-SPAM_GREYLIST = Counter(
-    "mailward_spam_greylist_total",
-    "Spam-score greylist steps by result (pass, defer, unavailable).",
-    ["result"],
 )
