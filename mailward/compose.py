@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 from mailward.config import Settings
 
 if TYPE_CHECKING:
+    from mailward.bayes.settings import BayesSettings
     from mailward.pipeline import Pipeline
     from mailward.policies.engine import PolicyEngine
 
 
 def build_pipeline(settings: Settings) -> Pipeline:
     """The milter's engine: inbound checks, outbound signer and ARC sealer."""
+    from mailward.bayes.autolearn import build_autolearner
     from mailward.dns import DnsResolver
     from mailward.pipeline import Pipeline, build_inbound_checks
     from mailward.reports.recorder import build_recorder
@@ -39,7 +41,15 @@ def build_pipeline(settings: Settings) -> Pipeline:
         sealer=build_sealer(settings),
         recorder=build_recorder(settings),
         greylister=build_greylister(settings.scoring, settings.state),
+        autolearner=build_autolearner(_bayes_settings(settings), settings.scoring),
     )
+
+
+def _bayes_settings(settings: Settings) -> BayesSettings | None:
+    from mailward.bayes.settings import BayesSettings
+
+    section = settings.checks.get("bayes")
+    return section if isinstance(section, BayesSettings) else None
 
 
 def build_policy_engine(settings: Settings) -> PolicyEngine:

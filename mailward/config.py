@@ -181,6 +181,7 @@ class DnsSettings:
     nameservers: tuple[str, ...] = ()
     port: int = 53
     timeout: float = 2.0
+    message_budget: float = 6.0  # DNS seconds one message may spend in all; 0 = no cap
     cache_entries: int = 20000
     negative_ttl_max: int = 900
 
@@ -219,12 +220,13 @@ class PolicydSettings:
     socket: SocketAddress = SocketAddress(SocketKind.INET, host="127.0.0.1", port=10040)
     socket_permissions: SocketPermissions = SocketPermissions()
     idle_timeout: float = 300.0
-    max_connections: int = 1000
+    max_connections: int = 0  # 0: derived from the open-files limit (policyd.limits)
     max_request_size: int = 64 * 1024
     order: tuple[str, ...] = POLICY_NAMES  # evaluation order; unlisted ones come after
     on_state_error: StateErrorAction = StateErrorAction.DUNNO
     threads: int = 32  # threads for blocking work (DNS, state backend)
     workers: int = 1  # processes sharing the socket (a supervisor starts them)
+    request_timeout: float = 30.0  # seconds from a request's first byte to its last
 
 
 @dataclass(frozen=True)
@@ -548,6 +550,7 @@ def _read_dns(table: Table) -> DnsSettings:
         nameservers=table.string_list("nameservers", defaults.nameservers, nameserver),
         port=table.number("port", int, defaults.port, 1, 65535),
         timeout=table.number("timeout", float, defaults.timeout, 0.05, 60.0),
+        message_budget=table.number("message_budget", float, defaults.message_budget, 0.0, 600.0),
         cache_entries=table.number("cache_entries", int, defaults.cache_entries, 0, 10_000_000),
         negative_ttl_max=table.number("negative_ttl_max", int, defaults.negative_ttl_max, 0, 86400),
     )
@@ -601,7 +604,7 @@ def _read_policyd(table: Table) -> PolicydSettings:
         socket_permissions=_read_socket_permissions(table),
         idle_timeout=table.number("idle_timeout", float, defaults.idle_timeout, 1.0, 86400.0),
         max_connections=table.number(
-            "max_connections", int, defaults.max_connections, 1, 100_000
+            "max_connections", int, defaults.max_connections, 0, 100_000
         ),
         max_request_size=table.number(
             "max_request_size", int, defaults.max_request_size, 1024, 16 * 1024 * 1024
@@ -610,6 +613,9 @@ def _read_policyd(table: Table) -> PolicydSettings:
         on_state_error=table.choice("on_state_error", StateErrorAction, defaults.on_state_error),
         threads=table.number("threads", int, defaults.threads, 1, 1024),
         workers=table.number("workers", int, defaults.workers, 1, 64),
+        request_timeout=table.number(
+            "request_timeout", float, defaults.request_timeout, 0.1, 3600.0
+        ),
     )
     table.finish(subtables=POLICYD_SUBTABLES)
     return policyd

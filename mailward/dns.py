@@ -31,7 +31,7 @@ from dns.rdata import Rdata
 from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
 
-from mailward import metrics
+from mailward import dnsbudget, metrics
 from mailward.config import DnsSettings
 from mailward.ttlcache import TtlCache
 
@@ -169,14 +169,20 @@ class DnsResolver:
             _CACHE_HIT.inc()
             return cached
         _CACHE_MISS.inc()
+        left = dnsbudget.remaining()
+        if left is not None and left <= 0:
+            # The message's DNS time is spent: answer as a timeout would, without waiting.
+            metrics.DNS_QUERIES.labels(key[1], "budget").inc()
+            return DnsAnswer(key[0], key[1], Outcome.TEMPERROR, error="DNS time budget spent")
         started = time.perf_counter()
-        answer = self._query_wire(*key)
+        answer = self._query_wire(*key, lifetime=self._settings.timeout if left is None
+                                  else min(self._settings.timeout, left))
         metrics.DNS_QUERY_SECONDS.labels(key[1]).observe(time.perf_counter() - started)
         metrics.DNS_QUERIES.labels(key[1], answer.outcome.value).inc()
         self._cache.put(key, answer)
         return answer
 
-    def _query_wire(self, name: str, rdtype: str) -> DnsAnswer:
+    def _query_wire(self, name: str, rdtype: str, lifetime: float) -> DnsAnswer:
         try:
             qname = dns.name.from_text(name)
             qtype = dns.rdatatype.from_text(rdtype)
@@ -184,7 +190,7 @@ class DnsResolver:
             return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=str(exc))
         try:
             result = self._resolver.resolve(
-                qname, qtype, raise_on_no_answer=False, search=False
+                qname, qtype, raise_on_no_answer=False, search=False, lifetime=lifetime
             )
         except dns.resolver.NXDOMAIN as exc:
             return DnsAnswer(

@@ -276,7 +276,7 @@ SPAM_FORGED_HEADERS_REMOVED = Counter(
 )
 DNSLIST_LOOKUPS = Counter(
     "mailward_dnslist_lookups_total",
-    "DNS list lookups by kind (dnsbl), list name and status "
+    "DNS list lookups by kind (dnsbl, rhsbl, urilist), list name and status "
     "(clean, listed, error_code, timeout, error).",
     ["kind", "list", "status"],
 )
@@ -322,4 +322,17 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     "mailward_tlspolicy_protocol_errors_total",
     "Socketmap connections closed for a protocol error, by kind.",
     ["kind"],
+)
+
+POLICYD_EVICTED_CONNECTIONS = Counter(
+    "mailward_policyd_evicted_connections_total",
+    "Idle policy connections closed at the connection cap to admit a new client.",
+)
+
+
+BAYES_AUTOLEARN = Counter(
+    "mailward_bayes_autolearn_total",
+    "Inbound messages handed to the learner by autolearn, by class and outcome "
+    "(spooled, error).",
+    ["class", "outcome"],
 )

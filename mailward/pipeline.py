@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mailward import authresults, dmarc_enforcement, metrics, scoring
+from mailward import authresults, dmarc_enforcement, dnsbudget, metrics, scoring
+from mailward.bayes.autolearn import Autolearner
 from mailward.checks import arc as arc_check
 from mailward.checks import dkim as dkim_check
 from mailward.checks import dmarc as dmarc_check
@@ -152,6 +153,7 @@ class Pipeline:
     sealer: ArcSealer | None = None
     recorder: Recorder | None = None  # DMARC report recording (mailward/reports)
     greylister: SpamGreylister | None = None  # [scoring] greylist (mailward/spam_greylist)
+    autolearner: Autolearner | None = None  # Bayes autolearn (mailward/bayes/autolearn.py)
 
     def direction(self, connection: Connection) -> Direction:
         """Outbound: authenticated, local (sendmail command) or from a trusted network."""
@@ -165,9 +167,11 @@ class Pipeline:
 
     def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
         direction = self.direction(connection)
-        if direction is Direction.INBOUND:
-            return self._evaluate_inbound(connection, transaction)
-        return self._evaluate_outbound(connection, transaction)
+        # Every lookup for this message shares one DNS time budget (mailward/dnsbudget.py).
+        with dnsbudget.message_budget(self.settings.dns.message_budget):
+            if direction is Direction.INBOUND:
+                return self._evaluate_inbound(connection, transaction)
+            return self._evaluate_outbound(connection, transaction)
 
     # ------------------------------------------------------------------ inbound
 
@@ -201,6 +205,10 @@ class Pipeline:
         edits.extend(decision.header_edits)
         outcome = self._scored(connection, transaction, report.symbols, decision)
         edits.extend(outcome.header_edits)
+        if self.autolearner is not None and outcome.action is not Action.TEMPFAIL:
+            dmarc = results.get(dmarc_check.RESULT)
+            dmarc_failed = dmarc is not None and dmarc.result is dmarc_check.DmarcResult.FAIL
+            self.autolearner.consider(transaction, report.symbols, dmarc_failed)
         if (self.sealer is not None and outcome.action in (Action.ACCEPT, Action.QUARANTINE)
                 and self.sealer.applies(connection, transaction)):
             # Our ARC Set records our own results, and the chain's status as we found it

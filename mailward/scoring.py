@@ -76,6 +76,15 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "RBL_XBL": 4.0,
     "RBL_PBL": 3.0,
     "RBL_LISTED": 2.0,
+    # Domain lists: RHSBL for claimed domains, URI lists for link domains (rhsbl.py,
+    # urilist.py; Spamhaus DBL codes as the shipped example)
+    "RHSBL_LISTED": 3.0,
+    "URIBL_LISTED": 4.0,
+    "DBL_SPAM": 4.0,
+    "DBL_PHISH": 5.0,
+    "DBL_MALWARE": 5.0,
+    "DBL_BOTNET": 5.0,
+    "DBL_ABUSED": 1.5,
     # Bayes (issue 11's bayes check)
     "BAYES_SPAM_99": 5.0,
     "BAYES_SPAM_95": 3.5,

@@ -7,8 +7,16 @@ read, feed the codec, answer each complete request in order.
 
 Robustness rules: a malformed request is logged and answered `DUNNO` if the stream is
 still in sync, otherwise the connection is closed; an idle connection is closed after
-`idle_timeout`; a bug while deciding is logged and answered `DUNNO` (never a reject);
-one bad client never affects the others.
+`idle_timeout`, and one whose request is not complete `request_timeout` seconds after
+its first byte is closed too (a byte now and then must not hold it open for ever; it is
+never answered a reject for it); a bug while deciding is logged and answered `DUNNO`
+(never a reject); one bad client never affects the others.
+
+Descriptors: at start the soft open-files limit is raised toward the hard one, and the
+connections are capped below it (`[policyd] max_connections`, by default derived from the
+limit, see policyd.limits).  At the cap the connection idle the longest is closed to
+admit the new client: Postfix reopens a closed idle connection when it needs one, while
+a client refused at accept gets no answer at all.
 
 The engine's blocking work (SPF's DNS lookups, the greylisting and rate-limit store)
 never runs on the event loop: the engine yields it as steps (mailward.policies.base),
@@ -44,6 +52,7 @@ from mailward import metrics, runtime, sdnotify
 from mailward.config import ConfigError, Settings, SocketKind, load_settings
 from mailward.policies.engine import DUNNO, PROTOCOL_STATES, PolicyAnswer, PolicyEngine
 from policyd.codec import PolicyDecoder, PolicyRequest, ProtocolError, encode_response
+from policyd.limits import OpenFilesLimit, connection_cap, raise_open_files_limit
 
 log = logging.getLogger("mailward.policyd")
 
@@ -63,6 +72,17 @@ class _EngineInUse:
         self.closed = False
 
 
+class _Connection:
+    """One client connection: its task (to cancel) and writer (to close) when it is
+    evicted at the connection cap."""
+
+    __slots__ = ("task", "writer")
+
+    def __init__(self, task: asyncio.Task[None], writer: asyncio.StreamWriter) -> None:
+        self.task = task
+        self.writer = writer
+
+
 class PolicyServer:
     """Serves the policy protocol on the configured socket until stopped."""
 
@@ -79,14 +99,20 @@ class PolicyServer:
             max_workers=settings.policyd.threads, thread_name_prefix="mailward-policyd"
         )
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        # Insertion order is recency: a connection moves to the end after each answered
+        # request, so the first idle one is the one idle the longest.
+        self._connections: dict[asyncio.Task[None], _Connection] = {}
         self._busy: set[asyncio.Task[None]] = set()  # connections inside a request
+        self._files: OpenFilesLimit | None = None
+        self._cap = settings.policyd.max_connections or 1000
+        self._at_cap = False  # logged once per episode at the cap, not per connection
         self._stopping = False
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._apply_descriptor_limits()
         address = self.settings.policyd.socket
         if self.listening is not None:
             if self.listening.family == socket.AF_UNIX:
@@ -109,6 +135,25 @@ class PolicyServer:
         log.info("mailward policyd listening on %s", address)
         await self._check_state(self.engine)
 
+    def _apply_descriptor_limits(self) -> None:
+        """Raise the open-files limit (once per process) and set the connection cap."""
+        if self._files is None:
+            self._files = raise_open_files_limit()
+            files = self._files
+            if files.error:
+                log.warning("could not raise the open-files limit from %d toward %d: %s",
+                            files.before, files.hard, files.error)
+            else:
+                log.info("open-files limit %d (was %d, hard limit %s)", files.soft,
+                         files.before, "unlimited" if files.hard < 0 else files.hard)
+        configured = self.settings.policyd.max_connections
+        self._cap = connection_cap(configured, self._files.soft)
+        if configured and self._cap < configured:
+            log.warning("policyd.max_connections %d lowered to %d: the open-files limit "
+                        "(%d) leaves no room for more", configured, self._cap,
+                        self._files.soft)
+        log.info("at most %d concurrent policy connections", self._cap)
+
     @property
     def engine(self) -> PolicyEngine:
         """The engine new requests go to."""
@@ -128,7 +173,7 @@ class PolicyServer:
         self._stopping = True
         if self._server is not None:
             self._server.close()
-        idle = self._connections - self._busy
+        idle = self._connections.keys() - self._busy
         for task in idle:
             task.cancel()
         pending = [task for task in self._connections if not task.done()]
@@ -160,6 +205,8 @@ class PolicyServer:
         old, self._current = self._current, _EngineInUse(engine)
         self.settings = settings
         self._retire(old)
+        if self._files is not None:
+            self._apply_descriptor_limits()
         runtime.set_log_level(settings.general.log_level)
         metrics.CONFIG_RELOADS.labels("ok").inc()
         log.info("configuration reloaded from %s", self.config_path)
@@ -169,13 +216,13 @@ class PolicyServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= self.settings.policyd.max_connections:
-            log.warning("too many policy connections (%d); closing a new one",
-                        len(self._connections))
+        if not self._make_room():
+            log.warning("too many policy connections (%d, all inside a request); "
+                        "closing a new one", len(self._connections))
             metrics.POLICYD_PROTOCOL_ERRORS.labels("too_many_connections").inc()
             writer.close()
             return
-        self._connections.add(task)
+        self._connections[task] = _Connection(task, writer)
         metrics.POLICYD_CONNECTIONS.inc()
         metrics.POLICYD_ACTIVE_CONNECTIONS.inc()
         _set_nodelay(writer)
@@ -189,23 +236,62 @@ class PolicyServer:
             log.exception("policy connection failed")
             metrics.ERRORS.labels("policyd").inc()
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             self._busy.discard(task)
             metrics.POLICYD_ACTIVE_CONNECTIONS.dec()
             writer.close()
+
+    def _make_room(self) -> bool:
+        """Below the cap: True.  At it: close the connections idle the longest until one
+        slot is free (True), or False if every connection is inside a request."""
+        if len(self._connections) < self._cap:
+            if self._at_cap and len(self._connections) < self._cap * 9 // 10:
+                self._at_cap = False
+            return True
+        if not self._at_cap:
+            self._at_cap = True
+            log.warning("policy connections at the cap (%d, policyd.max_connections); "
+                        "closing the ones idle the longest to admit new clients", self._cap)
+        excess = len(self._connections) - self._cap + 1  # 1 unless the cap was lowered
+        victims: list[_Connection] = []
+        for task, connection in self._connections.items():  # oldest first; stops early
+            if len(victims) == excess:
+                break
+            if task not in self._busy:
+                victims.append(connection)
+        for connection in victims:
+            task = connection.task
+            del self._connections[task]  # its slot is free now; its task ends on its own
+            connection.writer.close()
+            task.cancel()
+            metrics.POLICYD_EVICTED_CONNECTIONS.inc()
+            log.debug("closed idle policy connection from %s at the cap",
+                      _peer_name(connection.writer))
+        return len(self._connections) < self._cap
 
     async def _converse(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
     ) -> None:
         decoder = PolicyDecoder(self.settings.policyd.max_request_size)
         peer = _peer_name(writer)
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # when the request begun must be complete
         while True:
+            policyd = self.settings.policyd
+            idle_end = loop.time() + policyd.idle_timeout
             try:
                 # asyncio.timeout, not wait_for: no extra task per read.
-                async with asyncio.timeout(self.settings.policyd.idle_timeout):
+                async with asyncio.timeout_at(
+                    idle_end if deadline is None else min(idle_end, deadline)
+                ):
                     data = await reader.read(_READ_SIZE)
             except TimeoutError:
-                if decoder.pending:
+                if deadline is not None and loop.time() >= deadline:
+                    log.warning("policy client %s did not complete a request within %gs "
+                                "(policyd.request_timeout); closing", peer,
+                                policyd.request_timeout)
+                    metrics.POLICYD_PROTOCOL_ERRORS.labels("request_timeout").inc()
+                elif decoder.pending:
                     log.warning("policy client %s stalled inside a request; closing", peer)
                     metrics.POLICYD_PROTOCOL_ERRORS.labels("idle_timeout").inc()
                 return
@@ -215,16 +301,29 @@ class PolicyServer:
                     self._report(problem, peer)
                 return
             self._busy.add(task)
-            replies, fatal = await self._handle(decoder.feed(data), peer)
+            events = decoder.feed(data)
+            replies, fatal = await self._handle(events, peer)
             if replies:
                 writer.write(b"".join(replies))
                 await writer.drain()
             if fatal:
                 return
             if not decoder.pending:
+                deadline = None
                 self._busy.discard(task)  # between requests: safe to cancel at shutdown
+                self._touch(task)
                 if self._stopping:
                     return  # its request is answered; stop() is waiting for this task
+            elif deadline is None or events:
+                # A new request has begun (after any answered just now: the time spent
+                # deciding those is not the client's).
+                deadline = loop.time() + self.settings.policyd.request_timeout
+
+    def _touch(self, task: asyncio.Task[None]) -> None:
+        """Move a connection that just finished a request to the recent end."""
+        connection = self._connections.pop(task, None)
+        if connection is not None:
+            self._connections[task] = connection
 
     async def _handle(self, events: list[PolicyRequest | ProtocolError], peer: str
                       ) -> tuple[list[bytes], bool]:

@@ -22,6 +22,9 @@ class BayesSettings:
     word_pairs: bool = False
     spool: Path = Path("/var/spool/mailward/learn")
     learner_interval: float = 2.0
+    autolearn: bool = False  # mailward/bayes/autolearn.py
+    autolearn_spam: float = 12.0  # score without BAYES_* symbols at or above: learn spam
+    autolearn_ham: float = -1.0  # ... at or below: learn ham
 
     @property
     def limits(self) -> StoreLimits:
@@ -48,7 +51,13 @@ def read_bayes(table: Table) -> BayesSettings:
         spool=table.parsed("spool", Path, d.spool),
         learner_interval=table.number("learner_interval", float, d.learner_interval,
                                       0.1, 3600),
+        autolearn=table.scalar("autolearn", bool, d.autolearn),
+        autolearn_spam=table.number("autolearn_spam", float, d.autolearn_spam, -1000, 1000),
+        autolearn_ham=table.number("autolearn_ham", float, d.autolearn_ham, -1000, 1000),
     )
+    if settings.autolearn_ham >= settings.autolearn_spam:
+        table.error("autolearn_ham", f"must be below autolearn_spam ({settings.autolearn_spam})"
+                                     f", got {settings.autolearn_ham}")
     for key in ("path", "spool"):
         if not getattr(settings, key).is_absolute():
             table.error(key, f"must be an absolute path, got {str(getattr(settings, key))!r}")

@@ -57,29 +57,34 @@ class DnsblSettings:
 
 
 def read_dnsbl(table: Table) -> DnsblSettings:
-    lists: list[DnsList] = []
-    for index, item in enumerate(table.raw_list("lists")):
-        entry = table.item_table("lists", index, item)
-        if entry is not None:
-            parsed = read_list(entry)
-            if parsed is not None:
-                lists.append(parsed)
     settings = DnsblSettings(
         enabled=table.scalar("enabled", bool, False),
         timeout=table.number("timeout", float, 2.0, 0.05, 30.0),
-        lists=tuple(lists),
+        lists=read_lists(table),
     )
     table.finish()
     return settings
 
 
-def read_list(entry: Table) -> DnsList | None:
+def read_lists(table: Table, default_symbol: str = "RBL_LISTED") -> tuple[DnsList, ...]:
+    """Every `[[...lists]]` entry of a list check's section."""
+    lists: list[DnsList] = []
+    for index, item in enumerate(table.raw_list("lists")):
+        entry = table.item_table("lists", index, item)
+        if entry is not None:
+            parsed = read_list(entry, default_symbol)
+            if parsed is not None:
+                lists.append(parsed)
+    return tuple(lists)
+
+
+def read_list(entry: Table, default_symbol: str = "RBL_LISTED") -> DnsList | None:
     """One `[[...lists]]` entry (shared with the RHSBL and URI list readers)."""
     zone = entry.parsed("zone", domain_name, "")
     name = entry.scalar("name", str, re.sub(r"[^a-z0-9_\-]", "_", zone)[:32] or "list")
     if not re.fullmatch(r"[a-z0-9_\-]{1,32}", name or ""):
         entry.error("name", "must be 1-32 characters of a-z, 0-9, _ or -")
-    default_symbol = entry.scalar("symbol", str, "RBL_LISTED")
+    default_symbol = entry.scalar("symbol", str, default_symbol)
     if not _SYMBOL.fullmatch(default_symbol):
         entry.error("symbol", f"{default_symbol!r} is not an UPPER_SNAKE_CASE symbol name")
     codes: dict[str, str] = {}

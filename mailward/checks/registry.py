@@ -26,7 +26,9 @@ from mailward.checks import (
     headers,
     iprev,
     mime,
+    rhsbl,
     spf,
+    urilist,
 )
 from mailward.checks.base import BuildContext, Check, CheckSpec
 from mailward.configreader import ConfigError, ConfigProblem
@@ -46,6 +48,8 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     bayes.SPEC,
     gtube.SPEC,
     dnsbl.SPEC,
+    rhsbl.SPEC,
+    urilist.SPEC,
     headers.SPEC,
     content.SPEC,
 )

@@ -69,7 +69,12 @@ def key_file_name(domain: str, selector: str) -> str:
 
 def write_private_key(path: Path, key: PrivateKey, owner: str | None = None) -> None:
     """Create `path` with mode 0600 (never overwriting), write the PEM, fsync it."""
+    created_directory = not path.parent.exists()
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if owner and created_directory:
+        # A directory we just made for the owner's key must let the owner in.
+        account = pwd.getpwnam(owner)
+        os.chown(path.parent, account.pw_uid, account.pw_gid)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # whatever the umask says

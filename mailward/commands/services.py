@@ -36,8 +36,32 @@ def run_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    problems = service_user_problems(settings, args.user)
+    for problem in problems:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    if problems:
+        return 1
     print(f"{args.config}: OK")
     return 0
+
+
+def service_user_problems(settings: Settings, user: str) -> list[str]:
+    """Key files the service account could not read, though we (maybe root) can.
+
+    Nothing to say when the account does not exist (a test or a staged install).
+    """
+    from mailward.permissions import Account, unreadable_reason
+
+    try:
+        account = Account.lookup(user)
+    except KeyError:
+        return []
+    problems = []
+    for index, key in enumerate(settings.dkim.sign.keys):
+        reason = unreadable_reason(key.key, account)
+        if reason is not None:
+            problems.append(f"dkim.sign.keys[{index}].key: {reason} (the services run as {user})")
+    return problems
 
 
 def run_milter(args: argparse.Namespace) -> int:
@@ -88,3 +112,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser],
         sub = commands.add_parser(name, help=help_text, description=help_text)
         add_config_option(sub, config_default)
         sub.set_defaults(handler=handler)
+        if name == "check-config":
+            sub.add_argument(
+                "--user", default="mailward",
+                help="the account the services run as: key files must be readable by it "
+                     "(default: mailward; not checked if the account does not exist)")

@@ -544,3 +544,39 @@ def test_answer_properties():
     assert not DnsAnswer("x", "A", Outcome.NODATA).ok
     assert DnsAnswer("x", "A", Outcome.TEMPERROR).is_temporary_failure
     assert not DnsAnswer("x", "A", Outcome.NXDOMAIN).is_temporary_failure
+
+
+def test_message_budget_caps_the_dns_time_of_one_message():
+    """A black-holed server: the first lookup waits its timeout, the second what is left,
+    the third answers temperror at once without asking (issue 9, item 4)."""
+    from mailward import dnsbudget
+
+    silent = FakeDnsServer("silent")
+    try:
+        resolver = make_resolver(silent, timeout=0.3)
+        spent_before = sample("mailward_dns_queries_total", {"rdtype": "A", "outcome": "budget"})
+        with dnsbudget.message_budget(0.45):
+            first = resolver.query("a.example.test", "A")
+            second = resolver.query("b.example.test", "A")
+            asked = silent.count
+            third = resolver.query("c.example.test", "A")
+            assert dnsbudget.remaining() == 0.0
+        assert dnsbudget.remaining() is None  # the budget ends with the message
+        assert [a.outcome for a in (first, second, third)] == [Outcome.TEMPERROR] * 3
+        assert third.error == "DNS time budget spent"
+        assert silent.count == asked  # the third was never sent
+        assert sample("mailward_dns_queries_total",
+                      {"rdtype": "A", "outcome": "budget"}) == spent_before + 1
+    finally:
+        silent.close()
+
+
+def test_message_budget_leaves_answers_and_the_cache_alone(server: FakeDnsServer):
+    from mailward import dnsbudget
+
+    resolver = make_resolver(server)
+    with dnsbudget.message_budget(5.0):
+        assert resolver.query("www.example.test", "A").ok
+    with dnsbudget.message_budget(0.0):  # 0: no cap
+        assert dnsbudget.remaining() is None
+        assert resolver.query("www.example.test", "A").ok
