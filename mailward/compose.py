@@ -28,6 +28,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
     from mailward.reports.recorder import build_recorder
     from mailward.signing.arc import build_sealer
     from mailward.signing.dkim import build_signer
+    from mailward.spam_greylist import build_greylister
 
     resolver = DnsResolver(settings.dns)
     return Pipeline(
@@ -39,6 +40,7 @@ def build_pipeline(settings: Settings) -> Pipeline:
         signer=build_signer(settings),
         sealer=build_sealer(settings),
         recorder=build_recorder(settings),
+        greylister=build_greylister(settings.scoring, settings.state),
         autolearner=build_autolearner(_bayes_settings(settings), settings.scoring),
     )
 

@@ -256,8 +256,14 @@ SPAM_SCORE = Histogram(
 )
 SPAM_ACTIONS = Counter(
     "mailward_spam_actions_total",
-    "Scoring decisions by action (no_action, add_header, quarantine, reject).",
+    "Scoring decisions by action"
+    " (no_action, add_header, rewrite_subject, greylist, quarantine, reject).",
     ["action"],
+)
+SPAM_GREYLIST = Counter(
+    "mailward_spam_greylist_total",
+    "Spam-score greylist steps by result (pass, defer, unavailable).",
+    ["result"],
 )
 SPAM_SYMBOLS = Counter(
     "mailward_spam_symbols_total",

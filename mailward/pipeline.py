@@ -44,6 +44,8 @@ from mailward.model import (
 )
 from mailward.reports.recorder import Recorder
 from mailward.signing.dkim import SigningError
+from mailward.spam_greylist import SpamGreylister
+from mailward.state.base import StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,7 @@ class Pipeline:
     signer: OutboundSigner | None = None
     sealer: ArcSealer | None = None
     recorder: Recorder | None = None  # DMARC report recording (mailward/reports)
+    greylister: SpamGreylister | None = None  # [scoring] greylist (mailward/spam_greylist)
     autolearner: Autolearner | None = None  # Bayes autolearn (mailward/bayes/autolearn.py)
 
     def direction(self, connection: Connection) -> Direction:
@@ -201,7 +204,7 @@ class Pipeline:
             authresults.HEADER_NAME, authresults.format_header(authserv_id, auth_results)))
         edits.extend(report.header_edits(authserv_id))
         edits.extend(decision.header_edits)
-        outcome = self._scored(transaction, report.symbols, decision)
+        outcome = self._scored(connection, transaction, report.symbols, decision)
         edits.extend(outcome.header_edits)
         if self.autolearner is not None and outcome.action is not Action.TEMPFAIL:
             dmarc = results.get(dmarc_check.RESULT)
@@ -244,7 +247,7 @@ class Pipeline:
                      transaction.log_id, len(removals))
         return removals
 
-    def _scored(self, transaction: Transaction, symbols: Sequence[Symbol],
+    def _scored(self, connection: Connection, transaction: Transaction, symbols: Sequence[Symbol],
                 decision: dmarc_enforcement.Enforcement) -> ScoredDecision:
         """DMARC's decision combined with the spam score's: the stronger wins."""
         unscored = ScoredDecision(decision.action, decision.reply, (), decision.reason)
@@ -260,7 +263,9 @@ class Pipeline:
         spam_reason = f"spam score {score.total:.1f} ({score.action.value})"
         if score.forced_by:
             spam_reason += f" forced by {score.forced_by}"
-        headers = scoring.spam_headers(score)
+        headers: tuple[HeaderEdit, ...] = scoring.spam_headers(score)
+        if scoring.rewrites_subject(score, self.settings.scoring):
+            headers += scoring.subject_rewrite(transaction.headers, score, self.settings.scoring)
         if score.action is scoring.ScoreAction.REJECT and decision.action is not Action.REJECT:
             if decision.action is not Action.ACCEPT:
                 log.info("%s: spam reject is stronger than DMARC's %s", transaction.log_id,
@@ -277,12 +282,39 @@ class Pipeline:
             marker = AppendHeader(dmarc_enforcement.QUARANTINE_HEADER,
                                   f"yes (spam score {score.total:.1f})")
             return ScoredDecision(Action.ACCEPT, None, (*headers, marker), spam_reason)
+        if score.action is scoring.ScoreAction.GREYLIST and decision.action is Action.ACCEPT:
+            deferred = self._greylisted(connection, transaction, score)
+            if deferred is not None:
+                return ScoredDecision(Action.TEMPFAIL, deferred, headers, spam_reason)
         if decision.action is not Action.ACCEPT and score.is_spam:
             log.info("%s: DMARC's %s is stronger than spam %s", transaction.log_id,
                      decision.action.value, score.action.value)
         shown = (decision.reason, spam_reason if score.is_spam else "")
         reason = "; ".join(part for part in shown if part)
         return ScoredDecision(decision.action, decision.reply, headers, reason)
+
+    def _greylisted(self, connection: Connection, transaction: Transaction,
+                    score: scoring.Score) -> SmtpReply | None:
+        """The 451 for a triplet seen for the first time, or None to accept it.
+
+        Without a store (no greylister built) and on a store outage the message is
+        accepted with its headers: our own failure never defers or rejects mail.
+        """
+        if self.greylister is None:
+            return None
+        try:
+            outcome = self.greylister.check(connection, transaction)
+        except StateUnavailable as exc:
+            metrics.SPAM_GREYLIST.labels("unavailable").inc()
+            log.warning("%s: spam greylist not applied: %s", transaction.log_id, exc)
+            return None
+        metrics.SPAM_GREYLIST.labels(outcome.decision.value).inc()
+        if outcome.passed:
+            log.info("%s: spam greylist passed (score %.1f)", transaction.log_id, score.total)
+            return None
+        log.info("%s: spam greylist deferred for %.0fs (score %.1f)", transaction.log_id,
+                 outcome.remaining, score.total)
+        return SmtpReply("451", "4.7.1", "Greylisted, please try again later")
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
         """Run the inbound checks in their order; each failure is contained."""

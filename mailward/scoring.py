@@ -15,14 +15,16 @@ Pure: no I/O, no metrics; the pipeline applies the decision and counts it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from mailward.configreader import Table
-from mailward.model import AppendHeader, Header, RemoveHeader, Symbol
+from mailward.model import AppendHeader, Header, HeaderEdit, RemoveHeader, Symbol
 
 
 class ScoreAction(StrEnum):
@@ -30,6 +32,8 @@ class ScoreAction(StrEnum):
 
     NO_ACTION = "no_action"
     ADD_HEADER = "add_header"
+    REWRITE_SUBJECT = "rewrite_subject"
+    GREYLIST = "greylist"
     QUARANTINE = "quarantine"
     REJECT = "reject"
 
@@ -120,6 +124,15 @@ class ScoringSettings:
     required: float = 6.0
     quarantine: float | None = None
     reject: float | None = 15.0
+    #: Subject rewritten from this score on (None = never), with `subject_template`.
+    rewrite_subject: float | None = None
+    subject_template: str = "[SPAM {score}] {subject}"
+    #: Defer the first sight of the triplet from this score on (None = never); the
+    #: retry passes after `greylist_delay` and before `greylist_retry_window` seconds.
+    greylist: float | None = None
+    greylist_delay: float = 300.0
+    greylist_retry_window: float = 86400.0
+    greylist_expiry: float = 2592000.0
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     reject_message: str = "Message rejected as spam"
 
@@ -156,13 +169,76 @@ def read_scoring(table: Table, known_symbols: Iterable[str] = ()) -> ScoringSett
         required=defaults.required if required is None else required,
         quarantine=threshold("quarantine", defaults.quarantine),
         reject=threshold("reject", defaults.reject),
+        rewrite_subject=threshold("rewrite_subject", defaults.rewrite_subject),
+        subject_template=table.scalar("subject_template", str, defaults.subject_template),
+        greylist=threshold("greylist", defaults.greylist),
+        greylist_delay=table.number("greylist_delay", float, defaults.greylist_delay,
+                                    1.0, 86400.0),
+        greylist_retry_window=table.number("greylist_retry_window", float,
+                                           defaults.greylist_retry_window, 2.0, 604800.0),
+        greylist_expiry=table.number("greylist_expiry", float, defaults.greylist_expiry,
+                                     60.0, 31536000.0),
         weights=weights,
         reject_message=table.scalar("reject_message", str, defaults.reject_message),
     )
     if not re.fullmatch(r"[ -~]{1,200}", settings.reject_message):
         table.error("reject_message", "must be 1-200 printable ASCII characters")
+    template_problem = subject_template_problem(settings.subject_template)
+    if template_problem:
+        table.error("subject_template", template_problem)
+    if settings.greylist_retry_window <= settings.greylist_delay:
+        table.error("greylist_retry_window",
+                    f"must be longer than greylist_delay ({settings.greylist_delay:g})")
+    order_problem = threshold_order_problem(settings)
+    if order_problem:
+        table.error(order_problem[0], order_problem[1])
     table.finish(subtables=("weights",))
     return settings
+
+
+_TEMPLATE_FIELDS = frozenset({"score", "subject"})
+
+
+def subject_template_problem(template: str) -> str:
+    """Why `template` is unusable, or "" (only {score} and {subject}, no format tricks).
+
+    The template is formatted with message data as arguments, never as the format string,
+    so a subject's own braces are harmless; attribute access and format specs are refused
+    so the template can only ever place the two strings.
+    """
+    if not re.fullmatch(r"[ -~]{1,200}", template):
+        return "must be 1-200 printable ASCII characters"
+    try:
+        fields = [(name, spec, conversion)
+                  for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        return f"is not a valid template ({exc})"
+    for name, spec, conversion in fields:
+        if name not in _TEMPLATE_FIELDS or spec or conversion:
+            return f"may only contain {{score}} and {{subject}}, found {{{name}}}"
+    if "subject" not in {name for name, _, _ in fields}:
+        return "must contain {subject} (the original subject would be lost)"
+    return ""
+
+
+def threshold_order_problem(settings: ScoringSettings) -> tuple[str, str] | None:
+    """The key and message when the thresholds are not ordered highest action first.
+
+    reject > quarantine > greylist > rewrite_subject > required (add_header): a lower action with a
+    higher threshold than a stronger one could never be reached, which is surely a typo.
+    """
+    ordered = [(key, value) for key, value in (
+        ("reject", settings.reject), ("quarantine", settings.quarantine),
+        ("greylist", settings.greylist), ("rewrite_subject", settings.rewrite_subject),
+        ("required", settings.required),
+    ) if value is not None]
+    for (high_key, high), (low_key, low) in itertools.pairwise(ordered):
+        if low > high:
+            return (low_key, f"threshold {low:g} is above {high_key} = {high:g}; "
+                             "thresholds must be ordered reject > quarantine > "
+                             "greylist > rewrite_subject > required")
+    return None
 
 
 @dataclass(frozen=True)
@@ -218,6 +294,10 @@ def action_for(total: float, settings: ScoringSettings) -> ScoreAction:
         return ScoreAction.REJECT
     if settings.quarantine is not None and total >= settings.quarantine:
         return ScoreAction.QUARANTINE
+    if settings.greylist is not None and total >= settings.greylist:
+        return ScoreAction.GREYLIST
+    if settings.rewrite_subject is not None and total >= settings.rewrite_subject:
+        return ScoreAction.REWRITE_SUBJECT
     if total >= settings.required:
         return ScoreAction.ADD_HEADER
     return ScoreAction.NO_ACTION
@@ -264,6 +344,35 @@ def spam_headers(score: Score) -> tuple[AppendHeader, ...]:
         AppendHeader("X-Spam-Level", level),
         AppendHeader("X-Spam-Status", _fold(status)),
     )
+
+
+def rewrites_subject(score: Score, settings: ScoringSettings) -> bool:
+    """Whether the score reached `rewrite_subject` (stronger delivered actions included:
+    a quarantined message in Junk is marked as well, as SpamAssassin does for all spam)."""
+    return settings.rewrite_subject is not None and score.total >= settings.rewrite_subject
+
+
+def subject_rewrite(headers: Sequence[Header], score: Score,
+                    settings: ScoringSettings) -> tuple[HeaderEdit, ...]:
+    """The edits that replace Subject with `subject_template` filled in.
+
+    The milter protocol has no in-place edit that keeps the value's folding under our
+    control, so every Subject is removed (highest occurrence first, keeping the lower
+    indexes valid) and one rewritten Subject is appended.  The original value stays as
+    received (RFC 2047 encoded words included: the prefix is plain ASCII separated by
+    a space, which RFC 2047 allows); a message without Subject gets the template with
+    an empty subject.
+    """
+    subjects = [header for header in headers if header.name.lower() == "subject"]
+    original = " ".join(subjects[0].value.split()) if subjects else ""
+    rewritten = settings.subject_template.format(score=f"{score.total:.1f}",
+                                                 subject=original).strip()
+    if rewritten == original:
+        return ()
+    removals: list[HeaderEdit] = [RemoveHeader(header.name, occurrence)
+                                  for occurrence, header in reversed(list(
+                                      enumerate(subjects, start=1)))]
+    return (*removals, AppendHeader("Subject", _fold(rewritten)))
 
 
 def _fold(value: str, width: int = 76) -> str:
