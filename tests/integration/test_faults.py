@@ -110,5 +110,6 @@ def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailw
         assert not re.search(r" said: 5\d\d ", sender_log), sender_log[-3000:]
         # The faults did happen: replaced workers, and deferrals the sender retried.
         services.wait_for_log(r"exited unexpectedly", service="milter")
+        assert re.search(r"status=deferred .* said: 4\d\d ", sender_log), sender_log[-3000:]
     finally:
         sender.stop()
