@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help deps deps-bench venv lint test unit integration demo demo-stop bench bench-bayes bench-rules clean
+.PHONY: help deps deps-bench venv lint test unit integration demo demo-stop bench bench-bayes bench-rules bench-soak clean
 
 help:
 	@echo "make demo       install, start a private Postfix + Dovecot + DNS + Mailward, send sample mail"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench      throughput and latency of the services (and peers)"
 	@echo "make bench-bayes  Bayes accuracy and learning speed next to bogofilter"
 	@echo "make bench-rules  rules-only spam accuracy (no Bayes, no DNS lists) on the corpus"
+	@echo "make bench-soak   100k messages through the milter: RSS, threads, fds and their slope"
 
 deps:
 	@bash deploy/scripts/install-system-deps.sh core
@@ -59,6 +60,9 @@ bench-bayes: deps-bench $(STAMP)
 
 bench-rules: deps-bench $(STAMP)
 	$(PY) -m bench.rules_accuracy
+
+bench-soak: deps-bench $(STAMP)
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
