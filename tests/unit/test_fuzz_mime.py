@@ -1,0 +1,57 @@
+"""Fuzzing the MIME walker (issue 9): any message bytes, read the way Postfix hands them
+to the milter, give a `ParsedMessage` within its limits, never an exception."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailward.messagefile import transaction_from_bytes
+from mailward.mime import MimeLimits, ParsedMessage, parse_message
+
+FUZZ = settings(max_examples=300, deadline=None)
+LIMITS = MimeLimits(max_depth=5, max_parts=20, max_part_bytes=512, max_total_bytes=2048)
+
+_LINES = st.sampled_from(
+    [b"Subject: =?UTF-8?B?w6k=?=", b"Subject: =?x-unknown?q?=FF?=", b"From: a@b.example",
+     b"Content-Type: multipart/mixed; boundary=b", b"Content-Type: multipart/alternative",
+     b"Content-Type: text/html; charset=\"bogus-charset\"", b"Content-Type: message/rfc822",
+     b"Content-Type: text/plain; charset=utf-7", b"Content-Transfer-Encoding: base64",
+     b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: x-uuencode",
+     b"Content-Disposition: attachment; filename*=utf-8''%FF%FE.exe",
+     b"Content-Disposition: attachment; filename=\"=?UTF-8?B?/w==?=\"",
+     b"", b"--b", b"--b--", b" folded", b"<html><script>x</script><p>hi", b"=FF=\r",
+     b"AAAA====", b"begin 644 x", b"\xff\xfe\x00", b"From mbox line"]
+)
+_MESSAGE = st.one_of(
+    st.binary(max_size=1024),
+    st.lists(st.one_of(_LINES, st.binary(max_size=12)), max_size=60).map(b"\r\n".join),
+)
+
+
+def _nested(depth: int) -> bytes:
+    heads = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (level, level)
+        for level in range(depth)
+    )
+    return heads + b"Content-Type: text/plain\r\n\r\nhi\r\n"
+
+
+@FUZZ
+@given(_MESSAGE)
+def test_any_message_gives_a_bounded_parse(raw: bytes) -> None:
+    transaction = transaction_from_bytes(raw)
+    parsed = parse_message(transaction, LIMITS)
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.depth <= LIMITS.max_depth + 1
+    assert parsed.part_count <= LIMITS.max_parts + 1
+    assert len(parsed.defects) <= 33
+    assert isinstance(parsed.visible_text(), str)
+
+
+@FUZZ
+@given(st.integers(min_value=0, max_value=200))
+def test_deep_nesting_stops_at_the_limit(depth: int) -> None:
+    parsed = parse_message(transaction_from_bytes(_nested(depth)), LIMITS)
+    assert parsed.depth <= LIMITS.max_depth + 1
+    assert parsed.limits_hit == (depth > LIMITS.max_depth)
