@@ -205,7 +205,8 @@ class _Walker:
 
     def leaf(self, part: email.message.Message) -> None:
         content_type = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        # str(): compat32 hands a header with 8-bit bytes over as an email.header.Header.
+        disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         filename = _filename(part)
         is_text = content_type in ("text/plain", "text/html")
         if is_text and disposition != "attachment" and not filename:

@@ -19,6 +19,7 @@ _LINES = st.sampled_from(
      b"Content-Type: text/plain; charset=utf-7", b"Content-Transfer-Encoding: base64",
      b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: x-uuencode",
      b"Content-Disposition: attachment; filename*=utf-8''%FF%FE.exe",
+     b"Content-Disposition: attachment\x83",
      b"Content-Disposition: attachment; filename=\"=?UTF-8?B?/w==?=\"",
      b"", b"--b", b"--b--", b" folded", b"<html><script>x</script><p>hi", b"=FF=\r",
      b"AAAA====", b"begin 644 x", b"\xff\xfe\x00", b"From mbox line"]
@@ -55,3 +56,13 @@ def test_deep_nesting_stops_at_the_limit(depth: int) -> None:
     parsed = parse_message(transaction_from_bytes(_nested(depth)), LIMITS)
     assert parsed.depth <= LIMITS.max_depth + 1
     assert parsed.limits_hit == (depth > LIMITS.max_depth)
+
+
+def test_a_content_disposition_with_8bit_bytes_is_read() -> None:
+    """Regression (found by bench/fuzz.py): compat32 returns a header with 8-bit bytes
+    as an email.header.Header, and `.split` on it raised AttributeError."""
+    raw = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Disposition: attachment; filename=\x83x.exe\r\n\r\nMZ\r\n--b--\r\n")
+    parsed = parse_message(transaction_from_bytes(raw), LIMITS)
+    assert len(parsed.attachments) == 1
+    assert parsed.attachments[0].head == b"MZ"
