@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import random
 import sys
 import time
@@ -156,7 +157,7 @@ def fuzz(target: Target, seconds: float, rng: random.Random) -> Outcome:
 
 def _atheris(target: Target, argv: list[str]) -> None:
     try:
-        import atheris  # type: ignore[import-not-found]
+        atheris = importlib.import_module("atheris")  # optional, untyped
     except ImportError:
         sys.exit("atheris is not installed (pip install atheris)")
     atheris.Setup([sys.argv[0], *argv], target.run)

@@ -300,6 +300,9 @@ def _decode_text(data: bytes, charset: str) -> tuple[str, bool, bool]:
     """(text, charset known, had undecodable bytes)."""
     try:
         codec = codecs.lookup(charset.strip().strip('"').lower())
+        # A bytes-to-bytes codec (charset=base64, found by fuzzing) is no charset: it
+        # decodes to bytes.  str.encode() refuses those with LookupError.
+        "".encode(codec.name)
     except (LookupError, ValueError):
         return data.decode("latin-1"), False, False
     try:

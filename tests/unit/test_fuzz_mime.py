@@ -16,7 +16,8 @@ _LINES = st.sampled_from(
     [b"Subject: =?UTF-8?B?w6k=?=", b"Subject: =?x-unknown?q?=FF?=", b"From: a@b.example",
      b"Content-Type: multipart/mixed; boundary=b", b"Content-Type: multipart/alternative",
      b"Content-Type: text/html; charset=\"bogus-charset\"", b"Content-Type: message/rfc822",
-     b"Content-Type: text/plain; charset=utf-7", b"Content-Transfer-Encoding: base64",
+     b"Content-Type: text/plain; charset=utf-7", b"Content-Type: text/html; charset=base64",
+     b"Content-Transfer-Encoding: base64",
      b"Content-Transfer-Encoding: quoted-printable", b"Content-Transfer-Encoding: x-uuencode",
      b"Content-Disposition: attachment; filename*=utf-8''%FF%FE.exe",
      b"Content-Disposition: attachment\x83",
@@ -66,3 +67,13 @@ def test_a_content_disposition_with_8bit_bytes_is_read() -> None:
     parsed = parse_message(transaction_from_bytes(raw), LIMITS)
     assert len(parsed.attachments) == 1
     assert parsed.attachments[0].head == b"MZ"
+
+
+def test_a_bytes_to_bytes_codec_as_charset_is_an_unknown_charset() -> None:
+    """Regression (found by bench/fuzz.py): charset=base64 named a codec that decodes to
+    bytes, and the HTML text extraction raised TypeError on them."""
+    raw = b"Content-Type: text/html; charset=base64\r\n\r\nPGI+aGk8L2I+\r\n"
+    parsed = parse_message(transaction_from_bytes(raw), LIMITS)
+    assert len(parsed.text_parts) == 1
+    part = parsed.text_parts[0]
+    assert part.charset_known is False and part.text == "PGI+aGk8L2I+\r\n"
