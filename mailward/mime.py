@@ -275,7 +275,12 @@ def _decode_payload(part: email.message.Message, limit: int) -> tuple[bytes, boo
         if not isinstance(data, bytes):
             return b"", False, True
         return data[:limit], len(data) > limit, False
-    payload = part.get_payload(decode=False)
+    try:
+        payload = part.get_payload(decode=False)
+    except ValueError:
+        # 8-bit bytes in a part whose charset holds a NUL (found by fuzzing): the email
+        # package's re-decoding raises; the part is as broken as its header.
+        return b"", False, True
     if not isinstance(payload, str):
         return b"", False, True
     raw = payload.encode("ascii", "replace")

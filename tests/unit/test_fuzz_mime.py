@@ -77,3 +77,13 @@ def test_a_bytes_to_bytes_codec_as_charset_is_an_unknown_charset() -> None:
     assert len(parsed.text_parts) == 1
     part = parsed.text_parts[0]
     assert part.charset_known is False and part.text == "PGI+aGk8L2I+\r\n"
+
+
+def test_a_charset_with_a_nul_and_an_8bit_base64_body_is_a_broken_part() -> None:
+    """Regression (found by bench/fuzz.py): the email package re-decodes an 8-bit body
+    with the part's charset, and a NUL in it raised ValueError out of the walker."""
+    raw = (b"Content-Type: text/html; charset=ut\x00f-8\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nPGI+aGk8L2I+\xf0\r\n")
+    parsed = parse_message(transaction_from_bytes(raw), LIMITS)
+    assert len(parsed.text_parts) == 1
+    assert parsed.text_parts[0].text == ""
