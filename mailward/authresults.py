@@ -34,6 +34,12 @@ HEADER_NAME = "Authentication-Results"
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+")
 # A pvalue may also be written bare as an address, local-part@domain (RFC 8601 2.2).
 _PVALUE = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~/@=]+")
+# ... but only with a domain after the "@": a bare "@" or "user@" is no pvalue, and a
+# consumer (the authres package) then rejects the whole header, every result in it.
+_BARE_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~/=]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
 _FOLD = re.compile(r"\r?\n[ \t]+")
 
 
@@ -101,7 +107,7 @@ def forged_headers(
 
 def quote_value(value: str, bare: re.Pattern[str] = _PVALUE) -> str:
     """A pvalue or reason as RFC 8601 writes it: bare if possible, else quoted."""
-    if bare.fullmatch(value):
+    if bare.fullmatch(value) and ("@" not in value or _BARE_ADDRESS.fullmatch(value)):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     escaped = re.sub(r"[\r\n]+", " ", escaped)

@@ -205,7 +205,8 @@ class _Walker:
 
     def leaf(self, part: email.message.Message) -> None:
         content_type = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+        # str(): compat32 hands a header with 8-bit bytes over as an email.header.Header.
+        disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
         filename = _filename(part)
         is_text = content_type in ("text/plain", "text/html")
         if is_text and disposition != "attachment" and not filename:
@@ -274,7 +275,12 @@ def _decode_payload(part: email.message.Message, limit: int) -> tuple[bytes, boo
         if not isinstance(data, bytes):
             return b"", False, True
         return data[:limit], len(data) > limit, False
-    payload = part.get_payload(decode=False)
+    try:
+        payload = part.get_payload(decode=False)
+    except ValueError:
+        # 8-bit bytes in a part whose charset holds a NUL (found by fuzzing): the email
+        # package's re-decoding raises; the part is as broken as its header.
+        return b"", False, True
     if not isinstance(payload, str):
         return b"", False, True
     raw = payload.encode("ascii", "replace")
@@ -299,6 +305,9 @@ def _decode_text(data: bytes, charset: str) -> tuple[str, bool, bool]:
     """(text, charset known, had undecodable bytes)."""
     try:
         codec = codecs.lookup(charset.strip().strip('"').lower())
+        # A bytes-to-bytes codec (charset=base64, found by fuzzing) is no charset: it
+        # decodes to bytes.  str.encode() refuses those with LookupError.
+        "".encode(codec.name)
     except (LookupError, ValueError):
         return data.decode("latin-1"), False, False
     try:

@@ -69,7 +69,12 @@ def lenient_instance(kind: str, value: bytes) -> int:
         digits = split[0] if split is not None else ""
     else:
         digits = lenient_tags(value).get("i", b"").decode("ascii", "replace")
-    return int(digits) if digits.isascii() and digits.isdigit() else 0
+    if not (digits.isascii() and digits.isdigit()):
+        return 0
+    # More digits than any chain can have: int() of thousands of them raises ValueError
+    # (found by fuzzing), and a huge instance must not size anything downstream.
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 3 else MAX_INSTANCES + 1
 
 
 def seal_cv(value: bytes) -> str:

@@ -117,7 +117,7 @@ def existing_sets(
 
 def _structurally_sound(sets: dict[int, dict[str, list[tuple[bytes, bytes]]]], top: int) -> bool:
     """Instances 1..top, each with exactly one AAR, AMS and AS (RFC 8617 5.2 step 2)."""
-    if set(sets) != set(range(1, top + 1)):
+    if len(sets) != top or set(sets) != set(range(1, top + 1)):
         return False
     return all(len(sets[i].get(kind, [])) == 1 for i in sets for kind in (AAR, AMS, AS))
 
