@@ -207,6 +207,31 @@ def answer_symbols(answers: Sequence[ListAnswer], detail: Mapping[str, str] | No
     return tuple(symbols)
 
 
+def list_metric_result(result: DnsblResult) -> str:
+    """listed / incomplete (a list timed out or failed) / clean: bounded metric values."""
+    if result.listed:
+        return "listed"
+    if any(answer.status in ("timeout", "error") for answer in result.answers):
+        return "incomplete"
+    return "clean"
+
+
+class NameListCheck(Check[DnsblResult]):
+    """A list check whose symbols name what was listed (RHSBL, URI lists).
+
+    The detail is the queried name without the list's zone: a domain the message itself
+    claims or links to, never anything of ours.
+    """
+
+    def symbols(self, result: DnsblResult) -> Sequence[Symbol]:
+        detail = {answer.query: answer.query[: -len(answer.dns_list.zone) - 1]
+                  for answer in result.listed}
+        return answer_symbols(result.answers, detail)
+
+    def metric_result(self, result: DnsblResult) -> str:
+        return list_metric_result(result)
+
+
 RESULT: ResultKey[DnsblResult] = ResultKey("dnsbl")
 
 
@@ -238,11 +263,7 @@ class DnsblCheck(Check[DnsblResult]):
         return answer_symbols(result.answers)
 
     def metric_result(self, result: DnsblResult) -> str:
-        if result.listed:
-            return "listed"
-        if any(answer.status in ("timeout", "error") for answer in result.answers):
-            return "incomplete"
-        return "clean"
+        return list_metric_result(result)
 
 
 def _build(context: BuildContext[DnsblSettings]) -> DnsblCheck | None:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailward.checks import dkim as dkim_check
-from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
+from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey
 from mailward.checks.dkim import DkimResult
 from mailward.checks.dnsbl import (
     DnsblResult,
     DnsList,
     ListLookups,
-    answer_symbols,
+    NameListCheck,
     read_lists,
 )
 from mailward.configreader import Table
@@ -88,7 +88,7 @@ def claimed_domains(check_input: CheckInput, sources: Sequence[str]) -> dict[str
 RESULT: ResultKey[DnsblResult] = ResultKey("rhsbl")
 
 
-class RhsblCheck(Check[DnsblResult]):
+class RhsblCheck(NameListCheck):
     """The domains a message claims against every configured domain list, concurrently."""
 
     name = "rhsbl"
@@ -105,19 +105,6 @@ class RhsblCheck(Check[DnsblResult]):
                    for dns_list in self._settings.lists for domain in domains]
         return DnsblResult(self._lookups.run(queries, self._settings.timeout,
                                              check_input.transaction.log_id))
-
-    def symbols(self, result: DnsblResult) -> Sequence[Symbol]:
-        # Detail names the listed domain: it is the sender's own claim, not our secret.
-        detail = {answer.query: answer.query[: -len(answer.dns_list.zone) - 1]
-                  for answer in result.listed}
-        return answer_symbols(result.answers, detail)
-
-    def metric_result(self, result: DnsblResult) -> str:
-        if result.listed:
-            return "listed"
-        if any(answer.status in ("timeout", "error") for answer in result.answers):
-            return "incomplete"
-        return "clean"
 
 
 def _build(context: BuildContext[RhsblSettings]) -> RhsblCheck | None:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mailward.checks import mime as mime_check
-from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
+from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey
 from mailward.checks.dnsbl import (
     DnsblResult,
     DnsList,
     ListLookups,
-    answer_symbols,
+    NameListCheck,
     read_lists,
     reversed_name,
 )
@@ -99,7 +99,7 @@ def link_names(parsed: ParsedMessage, psl: PublicSuffixes, limit: int) -> dict[s
 RESULT: ResultKey[DnsblResult] = ResultKey("urilist")
 
 
-class UriListCheck(Check[DnsblResult]):
+class UriListCheck(NameListCheck):
     """The link domains of the message against every configured URI list."""
 
     name = "urilist"
@@ -121,18 +121,6 @@ class UriListCheck(Check[DnsblResult]):
                    for dns_list in self._settings.lists for name in names]
         return DnsblResult(self._lookups.run(queries, self._settings.timeout,
                                              check_input.transaction.log_id))
-
-    def symbols(self, result: DnsblResult) -> Sequence[Symbol]:
-        detail = {answer.query: answer.query[: -len(answer.dns_list.zone) - 1]
-                  for answer in result.listed}
-        return answer_symbols(result.answers, detail)
-
-    def metric_result(self, result: DnsblResult) -> str:
-        if result.listed:
-            return "listed"
-        if any(answer.status in ("timeout", "error") for answer in result.answers):
-            return "incomplete"
-        return "clean"
 
 
 def _build(context: BuildContext[UriListSettings]) -> UriListCheck | None:
