@@ -7,6 +7,7 @@ or the metrics endpoint.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import grp
 import logging
@@ -114,6 +115,26 @@ def remove_unix_socket(address: SocketAddress) -> None:
     if address.kind is SocketKind.UNIX:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address.path)
+
+
+async def start_stream_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    address: SocketAddress, permissions: SocketPermissions,
+) -> asyncio.base_events.Server:
+    """An asyncio server on a configured socket (policyd, tlspolicy): a unix socket is
+    refused if another process listens there, replaced if stale, and given its mode and
+    group; TCP listens with address reuse and a deep backlog (Postfix opens many)."""
+    if address.kind is SocketKind.UNIX:
+        ensure_socket_directory(address)
+        if socket_in_use(address):
+            raise OSError(f"another process already listens on {address}")
+        remove_unix_socket(address)
+        server = await asyncio.start_unix_server(handler, path=address.path)
+        apply_socket_permissions(address, permissions)
+        return server
+    family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
+    return await asyncio.start_server(handler, host=address.host, port=address.port,
+                                      family=family, reuse_address=True, backlog=1024)
 
 
 def load_and_build(

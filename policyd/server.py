@@ -119,19 +119,9 @@ class PolicyServer:
                 self._server = await asyncio.start_unix_server(self._serve, sock=self.listening)
             else:
                 self._server = await asyncio.start_server(self._serve, sock=self.listening)
-        elif address.kind is SocketKind.UNIX:
-            runtime.ensure_socket_directory(address)
-            if runtime.socket_in_use(address):
-                raise OSError(f"another process already listens on {address}")
-            runtime.remove_unix_socket(address)
-            self._server = await asyncio.start_unix_server(self._serve, path=address.path)
-            runtime.apply_socket_permissions(address, self.settings.policyd.socket_permissions)
         else:
-            family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
-            self._server = await asyncio.start_server(
-                self._serve, host=address.host, port=address.port, family=family,
-                reuse_address=True, backlog=1024,
-            )
+            self._server = await runtime.start_stream_server(
+                self._serve, address, self.settings.policyd.socket_permissions)
         log.info("mailward policyd listening on %s", address)
         await self._check_state(self.engine)
 

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailward import metrics, runtime
-from mailward.config import ConfigError, Settings, SocketKind, load_settings
+from mailward.config import ConfigError, Settings, load_settings
 from mailward.tlspolicy.engine import AnswerKind, TlsAnswer, TlsPolicyEngine
 from mailward.tlspolicy.mtasts import MemoryPolicyCache, PolicyCache
 from mailward.tlspolicy.socketmap import (
@@ -81,18 +80,8 @@ class TlsPolicyServer:
 
     async def start(self) -> None:
         address = self.settings.tlspolicy.socket
-        if address.kind is SocketKind.UNIX:
-            runtime.ensure_socket_directory(address)
-            if runtime.socket_in_use(address):
-                raise OSError(f"another process already listens on {address}")
-            runtime.remove_unix_socket(address)
-            self._server = await asyncio.start_unix_server(self._serve, path=address.path)
-            runtime.apply_socket_permissions(address, self.settings.tlspolicy.socket_permissions)
-        else:
-            family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
-            self._server = await asyncio.start_server(
-                self._serve, host=address.host, port=address.port, family=family,
-                reuse_address=True, backlog=1024)
+        self._server = await runtime.start_stream_server(
+            self._serve, address, self.settings.tlspolicy.socket_permissions)
         log.info("mailward tlspolicy listening on %s", address)
 
     async def stop(self, timeout: float = 10.0) -> None:
