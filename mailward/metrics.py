@@ -50,6 +50,11 @@ MILTER_BODY_TRUNCATED = Counter(
     "mailward_milter_body_truncated_total",
     "Messages whose body exceeded milter.max_body_size; checks saw only a prefix.",
 )
+MILTER_HEADER_OVERFLOW = Counter(
+    "mailward_milter_header_overflow_total",
+    "Messages rejected because their header block exceeded milter.max_headers or"
+    " milter.max_header_bytes.",
+)
 MILTER_FORGED_AR_REMOVED = Counter(
     "mailward_milter_forged_authentication_results_removed_total",
     "Authentication-Results headers claiming our authserv-id removed from untrusted mail.",
