@@ -25,11 +25,11 @@ _HEADER = """\
 Generated from `mailward/metrics.py` by `python -m mailward.metricsdoc --write`; do not
 edit by hand (tests/unit/test_metrics_doc.py fails when this page is stale).
 
-Every service serves these on its `metrics_listen` address (localhost by default) in
-the Prometheus text format (`[metrics]` in the configuration).  Label values are bounded enumerations, never addresses or
-domains.  A histogram exports `_bucket`, `_sum` and `_count` series under its name.
-Alert rules over them: `deploy/prometheus/mailward-rules.yml`; dashboard:
-`deploy/grafana/`.
+Every service serves these on its `metrics_listen` address (localhost by default,
+`[metrics]` in the configuration) in the Prometheus text format.  Label values are
+bounded enumerations, never addresses or domains.  A histogram exports `_bucket`,
+`_sum` and `_count` series under its name.  Alert rules over them:
+`deploy/prometheus/mailward-rules.yml`; dashboard: `deploy/grafana/`.
 """
 
 
