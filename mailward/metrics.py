@@ -329,6 +329,13 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     ["kind"],
 )
 
+TLSPOLICY_DANE_LOOKUPS = Counter(
+    "mailward_tlspolicy_dane_lookups_total",
+    "DANE checks of a destination by outcome (dane_only, dane, no_tlsa, insecure, no_mx, "
+    "tempfail: a failed lookup in a signed zone, answered TEMP).",
+    ["outcome"],
+)
+
 POLICYD_EVICTED_CONNECTIONS = Counter(
     "mailward_policyd_evicted_connections_total",
     "Idle policy connections closed at the connection cap to admit a new client.",

@@ -205,6 +205,8 @@ class TlsPolicyServer:
         metrics.TLSPOLICY_ANSWER_SECONDS.observe(time.perf_counter() - started)
         _ANSWER_KINDS[answer.kind].inc()
         level = logging.INFO if answer.changes_delivery and not repeated else logging.DEBUG
+        if answer.kind is AnswerKind.TEMP:
+            level = logging.WARNING  # a delivery deferred because DNS(SEC) failed
         if log.isEnabledFor(level):
             log.log(level, "%s: %s %s (%s)", answer.key, answer.reply.status,
                     answer.reply.data, answer.reason)
@@ -222,8 +224,12 @@ _ANSWERS_FROM_MEMORY = metrics.TLSPOLICY_CACHE.labels("memory")
 
 
 def _count(answer: TlsAnswer) -> None:
+    if answer.dane is not None:
+        metrics.TLSPOLICY_DANE_LOOKUPS.labels(answer.dane.outcome.value).inc()
     decision = answer.decision
-    if answer.kind is AnswerKind.OVERRIDE:
+    if answer.kind is AnswerKind.DANE:
+        metrics.TLSPOLICY_DECISIONS.labels("dane", answer.reply.data).inc()
+    elif answer.kind is AnswerKind.OVERRIDE:
         metrics.TLSPOLICY_DECISIONS.labels("override", "none").inc()
     elif decision is not None:
         mechanism = "mta_sts" if decision.policy is not None else "none"
