@@ -10,6 +10,8 @@ that changes a zone sees the change at once instead of after a TTL.
 
 from __future__ import annotations
 
+import random
+import socket
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +23,22 @@ import dns.query
 import dns.rcode
 
 from tests.harness.process import HarnessError, ManagedProcess, free_port, tail, wait_until
+
+
+def free_loopback_address(port: int = 53) -> str:
+    """A 127/8 address whose `port` is free (UDP and TCP).  Postfix resolves through
+    libc, which asks port 53 only: a resolver for a sending Postfix needs its own
+    address, so the machine's own resolver stays untouched."""
+    for _ in range(50):
+        address = f"127.0.{random.randint(100, 250)}.{random.randint(2, 250)}"
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    probe.bind((address, port))
+        except OSError:
+            continue
+        return address
+    raise HarnessError(f"no free loopback address for port {port}")
 
 
 class ValidatingResolver:
@@ -127,7 +145,10 @@ class ValidatingResolver:
     # ------------------------------------------------------------------ use
 
     def flush(self) -> None:
-        """Forget every cached answer (and validation result), as after a restart."""
+        """Forget every cached answer (and validation result), as after a restart.
+        Before `start` there is nothing cached: nothing to do."""
+        if not self._process.running():
+            return
         for command in (["flush_zone", "."], ["flush_bogus"], ["flush_negative"],
                         ["flush_infra", "all"]):
             result = subprocess.run(["unbound-control", "-c", str(self.conf_path), *command],
