@@ -336,6 +336,13 @@ TLSPOLICY_DANE_LOOKUPS = Counter(
     ["outcome"],
 )
 
+TLSPOLICY_CACHE_ERRORS = Counter(
+    "mailward_tlspolicy_cache_errors_total",
+    "Failed operations (get, put, delete) on the shared Redis policy cache; the service "
+    "goes on with its own copy.",
+    ["operation"],
+)
+
 POLICYD_EVICTED_CONNECTIONS = Counter(
     "mailward_policyd_evicted_connections_total",
     "Idle policy connections closed at the connection cap to admit a new client.",

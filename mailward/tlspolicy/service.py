@@ -51,7 +51,13 @@ def default_factory(settings: Settings, cache: PolicyCache) -> TlsPolicyEngine:
 
 
 def open_cache(settings: Settings) -> PolicyCache:
-    """`[tlspolicy] cache`: SQLite keeps learnt policies across restarts."""
+    """`[tlspolicy] cache`: SQLite keeps learnt policies across restarts; Redis (at
+    `[state] url`) also shares them between relays."""
+    if settings.tlspolicy.cache == "redis":
+        from mailward.tlspolicy.redis_cache import RedisPolicyCache
+
+        return RedisPolicyCache(settings.state.url,
+                                local_entries=settings.tlspolicy.cache_entries)
     if settings.tlspolicy.cache == "sqlite":
         from mailward.tlspolicy.store import SqlitePolicyCache
 

@@ -95,7 +95,8 @@ class TlsPolicySettings:
     servername: bool = True  # Postfix >= 3.4 reads `servername=hostname`
     refresh_before: float = 3600.0
     cache_entries: int = 100_000
-    #: "memory" (lost on restart) or "sqlite" (kept in `cache_path`).
+    #: "memory" (lost on restart), "sqlite" (kept in `cache_path`) or "redis" (at
+    #: `[state] url`, shared by several relays).
     cache: str = "sqlite"
     cache_path: Path = Path("/var/lib/mailward/tlspolicy.db")
     #: domain -> Postfix TLS policy, answered as is (before MTA-STS is consulted).
@@ -113,8 +114,8 @@ def _mode(text: str) -> int:
 
 
 def _cache_kind(text: str) -> str:
-    if text not in ("memory", "sqlite"):
-        raise ValueError(f"must be 'memory' or 'sqlite', got {text!r}")
+    if text not in ("memory", "sqlite", "redis"):
+        raise ValueError(f"must be 'memory', 'sqlite' or 'redis', got {text!r}")
     return text
 
 

@@ -219,3 +219,9 @@ def test_dane_settings() -> None:
         parse_settings("[tlspolicy]\ndane = true\n")
     with pytest.raises(ConfigError, match="loopback"):
         parse_settings('[tlspolicy]\ndane = true\ndnssec_resolver = "192.0.2.1:53"\n')
+
+
+def test_redis_cache_setting() -> None:
+    assert parse_settings('[tlspolicy]\ncache = "redis"\n').tlspolicy.cache == "redis"
+    with pytest.raises(ConfigError, match="'redis'"):
+        parse_settings('[tlspolicy]\ncache = "memcached"\n')
