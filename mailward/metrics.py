@@ -304,7 +304,8 @@ TLSPOLICY_ANSWERS = Counter(
 )
 TLSPOLICY_DECISIONS = Counter(
     "mailward_tlspolicy_decisions_total",
-    "Policy decisions by mechanism (mta_sts, override, none) and MTA-STS mode.",
+    "Policy decisions by mechanism (mta_sts, override, none, dane) and mode (the MTA-STS "
+    "mode; dane-only or dane for DANE).",
     ["mechanism", "mode"],
 )
 TLSPOLICY_FETCHES = Counter(
