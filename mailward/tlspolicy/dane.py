@@ -149,7 +149,6 @@ class HostTlsa(StrEnum):
     USABLE = "usable"  # validated, at least one usable record
     UNUSABLE = "unusable"  # validated, but only records SMTP cannot use
     NONE = "none"  # validated absence, or not validated at all
-    FAILED = "failed"
 
 
 def usable_tlsa(records: tuple[str, ...]) -> bool:
@@ -177,6 +176,10 @@ def mx_hosts(records: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(host for _, host in sorted(parsed)))
 
 
+def _failed(answer: SecureAnswer) -> bool:
+    return answer.outcome in (Outcome.TEMPERROR, Outcome.INVALID_NAME)
+
+
 class Dane:
     """Decides, per RFC 7672 section 2.2, from the MX RRset and each host's TLSA RRset."""
 
@@ -185,7 +188,7 @@ class Dane:
 
     def decide(self, domain: str, port: int = SMTP_PORT) -> DaneDecision:
         mx = self._resolver.query(domain, "MX")
-        if mx.outcome in (Outcome.TEMPERROR, Outcome.INVALID_NAME):
+        if _failed(mx):
             return DaneDecision(domain, DaneOutcome.TEMPFAIL,
                                 f"MX lookup failed ({mx.error or mx.outcome}): DANE unknown")
         if not mx.secure:
@@ -204,7 +207,10 @@ class Dane:
         ttl = mx_ttl
         for host in hosts:
             answer = self._resolver.query(f"_{port}._tcp.{host}", "TLSA")
-            if answer.outcome in (Outcome.TEMPERROR, Outcome.INVALID_NAME):
+            if _failed(answer) and self._host_is_insecure(host):
+                found[host] = HostTlsa.NONE
+                continue
+            if _failed(answer):
                 return DaneDecision(domain, DaneOutcome.TEMPFAIL,
                                     f"TLSA lookup for MX {host} failed "
                                     f"({answer.error or answer.outcome}) in a signed MX "
@@ -226,6 +232,16 @@ class Dane:
         return DaneDecision(domain, DaneOutcome.DANE,
                             f"DANE: TLSA records for {len(with_tlsa)} of {len(hosts)} MX "
                             f"host(s) ({', '.join(with_tlsa)})", ttl)
+
+
+    def _host_is_insecure(self, host: str) -> bool:
+        """After a failed TLSA lookup: is the MX host provably in an unsigned zone (its
+        address answer validated as insecure)?  Then DANE cannot apply to it (RFC 7672
+        section 2.2.2: TLSA records matter only for hosts with secure addresses), and its
+        broken DNS must not defer the whole domain.  A bogus zone fails here too (a
+        validator answers SERVFAIL, not "insecure"), so this opens no downgrade."""
+        address = self._resolver.query(host, "A")
+        return not _failed(address) and not address.secure
 
 
 def key_port(key: str) -> int:

@@ -98,6 +98,20 @@ def test_failures_in_a_signed_zone_are_tempfail() -> None:
                    ("_25._tcp.mx2.example.org", "TLSA"): SERVFAIL}) is DaneOutcome.TEMPFAIL
 
 
+def test_a_failing_tlsa_lookup_for_a_host_in_an_unsigned_zone_is_no_dane() -> None:
+    """RFC 7672 2.2.2: an MX host whose address is insecure cannot use DANE, so its
+    broken DNS does not defer the domain; a secure or failing address still does."""
+    table = {("example.org", "MX"): secure("10 mx1.example.org.", "20 mx.unsigned.example."),
+             ("_25._tcp.mx1.example.org", "TLSA"): secure(EE),
+             ("_25._tcp.mx.unsigned.example", "TLSA"): SERVFAIL,
+             ("mx.unsigned.example", "A"): insecure("192.0.2.1")}
+    assert decide(table) is DaneOutcome.DANE
+    table[("mx.unsigned.example", "A")] = secure("192.0.2.1")
+    assert decide(table) is DaneOutcome.TEMPFAIL
+    table[("mx.unsigned.example", "A")] = SERVFAIL
+    assert decide(table) is DaneOutcome.TEMPFAIL
+
+
 def test_null_mx_and_missing_domain_are_no_mx() -> None:
     assert decide({("example.org", "MX"): secure("0 .")}) is DaneOutcome.NO_MX
     assert decide({}) is DaneOutcome.NO_MX
