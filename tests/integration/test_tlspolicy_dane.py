@@ -295,3 +295,20 @@ def test_bogus_signatures_are_temp_not_a_downgrade(world: World) -> None:
                      r"\(SERVFAIL\)", world.service.output())
     assert world.metric("mailward_tlspolicy_answers_total", 'kind="temp"') == before + 1
     assert world.metric("mailward_tlspolicy_dane_lookups_total", 'outcome="tempfail"') >= 1
+
+
+def test_an_unreachable_validating_resolver_defers_rather_than_downgrades(
+        world: World) -> None:
+    """notlsa.example has an MTA-STS policy, but without the validating resolver nobody
+    can tell whether DANE applies: TEMP, then the usual answer once it is back."""
+    key = "notlsa.example:2526"  # a key not asked before: no remembered answer
+    world.unbound.stop()
+    try:
+        result = world.postmap(key)
+        assert result.stdout == "" and "query error" in result.stderr, result
+        assert re.search(rf"{re.escape(key)}: TEMP DANE lookup failed \(MX lookup failed",
+                         world.service.output())
+    finally:
+        world.unbound.start()
+    result = world.postmap(key)
+    assert result.stdout.startswith("secure match=mx1.notlsa.example"), result.stderr
