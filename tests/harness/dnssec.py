@@ -10,6 +10,7 @@ signatures (or deliberately expired ones, for a "bogus" zone).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterable
@@ -35,6 +36,9 @@ class ZoneKeys:
 
 
 def _run(argv: list[str], cwd: Path) -> str:
+    if shutil.which(argv[0]) is None:
+        raise HarnessError(f"{argv[0]} is missing (Debian ldnsutils): "
+                           "bash deploy/scripts/install-system-deps.sh")
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60,
                             check=False)
     if result.returncode != 0:

@@ -11,6 +11,7 @@ that changes a zone sees the change at once instead of after a TTL.
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -118,6 +119,8 @@ class ValidatingResolver:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout: float = 20.0) -> None:
+        if shutil.which("unbound") is None:
+            raise HarnessError("unbound is missing: bash deploy/scripts/install-system-deps.sh")
         check = subprocess.run(["unbound-checkconf", str(self.conf_path)], capture_output=True,
                                text=True, timeout=30, check=False)
         if check.returncode != 0:
