@@ -124,6 +124,7 @@ class TlsPolicyServer:
             "tlspolicy.threads": (self.settings.tlspolicy.threads, settings.tlspolicy.threads),
             "tlspolicy.cache_entries": (self.settings.tlspolicy.cache_entries,
                                         settings.tlspolicy.cache_entries),
+            "tlspolicy.cache": (self.settings.tlspolicy.cache, settings.tlspolicy.cache),
         })
         self.settings, self.engine = settings, engine
         runtime.set_log_level(settings.general.log_level)
