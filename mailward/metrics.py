@@ -304,7 +304,8 @@ TLSPOLICY_ANSWERS = Counter(
 )
 TLSPOLICY_DECISIONS = Counter(
     "mailward_tlspolicy_decisions_total",
-    "Policy decisions by mechanism (mta_sts, override, none) and MTA-STS mode.",
+    "Policy decisions by mechanism (mta_sts, override, none, dane) and mode (the MTA-STS "
+    "mode; dane-only or dane for DANE).",
     ["mechanism", "mode"],
 )
 TLSPOLICY_FETCHES = Counter(
@@ -327,6 +328,20 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     "mailward_tlspolicy_protocol_errors_total",
     "Socketmap connections closed for a protocol error, by kind.",
     ["kind"],
+)
+
+TLSPOLICY_DANE_LOOKUPS = Counter(
+    "mailward_tlspolicy_dane_lookups_total",
+    "DANE checks of a destination by outcome (dane_only, dane, no_tlsa, insecure, no_mx, "
+    "tempfail: a failed lookup in a signed zone, answered TEMP).",
+    ["outcome"],
+)
+
+TLSPOLICY_CACHE_ERRORS = Counter(
+    "mailward_tlspolicy_cache_errors_total",
+    "Failed operations (get, put, delete) on the shared Redis policy cache; the service "
+    "goes on with its own copy.",
+    ["operation"],
 )
 
 POLICYD_EVICTED_CONNECTIONS = Counter(

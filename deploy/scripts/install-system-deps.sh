@@ -27,6 +27,9 @@ fi
 core_packages+=(prometheus)
 # ansible-playbook --syntax-check of deploy/ansible (tests/unit/test_ansible_role.py).
 core_packages+=(ansible-core)
+# DANE tests (tests/integration/test_tlspolicy_dane.py): a validating resolver and the
+# tools that sign the test zones (tests/harness/unbound.py, tests/harness/dnssec.py).
+core_packages+=(unbound ldnsutils)
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
 bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
 bench_packages+=(bogofilter)  # the Bayes accuracy peer (bench/bayes)
