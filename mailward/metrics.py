@@ -365,3 +365,17 @@ MILTER_FORGED_TRACE_HEADERS_REMOVED = Counter(
     "removed from untrusted mail, by header (received_spf, arc_authentication_results).",
     ["header"],
 )
+
+# --------------------------------------------------------------------------- spamd (SpamAssassin)
+
+SPAMD_REQUESTS = Counter(
+    "mailward_spamd_requests_total",
+    "Messages the spamd check handled, by outcome: scored, too_large (not sent), timeout, "
+    "refused, connection_error, spamd_error, bad_answer (all but scored score nothing).",
+    ["outcome"],
+)
+SPAMD_REQUEST_SECONDS = Histogram(
+    "mailward_spamd_request_duration_seconds",
+    "Time from connecting to spamd to its complete answer (or the failure).",
+    buckets=_LATENCY_BUCKETS,
+)

@@ -27,6 +27,7 @@ from mailward.checks import (
     iprev,
     mime,
     rhsbl,
+    spamd,
     spf,
     urilist,
 )
@@ -52,6 +53,7 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     urilist.SPEC,
     headers.SPEC,
     content.SPEC,
+    spamd.SPEC,
 )
 
 

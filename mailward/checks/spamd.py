@@ -1,0 +1,197 @@
+"""The optional SpamAssassin backend: ask a running spamd, merge its score as a symbol.
+
+Off by default (`[spamd] enabled = false`): Mailward's own checks are meant to be
+enough, and a site that already runs spamd and trusts its tuned rules can add its
+opinion.  The check sends the message (as the milter holds it) with SYMBOLS over the
+configured socket and turns the answer into symbols:
+
+- `SPAMASSASSIN(7.4/5.0)`: SpamAssassin's total score (and its own threshold), with the
+  score as the symbol's value.  Scoring multiplies it by the weight of `SPAMASSASSIN`
+  (`[scoring.weights]`, default 1.0): 0.5 halves SA's say, 0 ignores it.  One symbol for
+  the total, because SA's per-rule scores depend on its version, its rule updates and
+  the site's local.cf: copying them into our weights table would go stale.
+- `SA_<RULE>` for each rule that hit (`SA_HTML_MESSAGE`), weight 0: they show in
+  X-Spam-Status and the log why SA scored as it did, without counting twice.  At most
+  `MAX_RULE_SYMBOLS`; rule names never become metric labels (unbounded).
+
+Nothing here can make a message fail: a timeout, a refused connection, spamd's own
+error answer or a garbage answer gives a result without symbols, a warning in the log
+and a count in `mailward_spamd_requests_total{outcome}`; messages over `max_size` (or
+that the milter kept only in part) are not sent at all, and counted as `too_large`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from mailward import metrics
+from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
+from mailward.config import SocketAddress
+from mailward.configreader import Table
+from mailward.message import CRLF, header_block
+from mailward.spamc_protocol import SpamdErrorAnswer, SpamdProtocolError, SpamVerdict
+from mailward.spamd_client import (
+    SpamdClient,
+    SpamdConnectionError,
+    SpamdRefused,
+    SpamdTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+#: SA answers rarely name more than 30 rules; past this the header would only grow.
+MAX_RULE_SYMBOLS = 64
+SYMBOL = "SPAMASSASSIN"
+RULE_PREFIX = "SA_"
+DEFAULT_SOCKET = "inet:127.0.0.1:783"
+#: spamc's own default size limit (500 KB): larger mail is nearly never spam.
+DEFAULT_MAX_SIZE = 512_000
+_DEFAULT_ADDRESS = SocketAddress.parse(DEFAULT_SOCKET)
+
+
+class SpamdStatus(StrEnum):
+    """The bounded outcome of one message's request (metric label `outcome`)."""
+
+    SCORED = "scored"
+    TOO_LARGE = "too_large"          # not sent: over max_size, or the milter kept a prefix
+    TIMEOUT = "timeout"              # no complete answer within `timeout`
+    REFUSED = "refused"              # nobody listens at `socket` (spamd stopped)
+    CONNECTION_ERROR = "connection_error"  # reset, unreachable, broken pipe
+    SPAMD_ERROR = "spamd_error"      # spamd answered with its own error code
+    BAD_ANSWER = "bad_answer"        # the bytes that came back are not a SPAMD answer
+
+
+@dataclass(frozen=True)
+class SpamdSettings:
+    """`[spamd]`: off unless enabled; where spamd listens and how long we wait."""
+
+    enabled: bool = False
+    socket: SocketAddress = _DEFAULT_ADDRESS
+    timeout: float = 10.0
+    max_size: int = DEFAULT_MAX_SIZE
+    #: spamd's per-user preferences (`User:` header); "" lets spamd pick its default.
+    user: str = ""
+
+
+def read_spamd(table: Table) -> SpamdSettings:
+    defaults = SpamdSettings()
+    user = table.scalar("user", str, defaults.user)
+    if user and not re.fullmatch(r"[!-~]{1,128}", user):
+        table.error("user", "must be 1-128 printable characters without spaces")
+        user = defaults.user
+    settings = SpamdSettings(
+        enabled=table.scalar("enabled", bool, defaults.enabled),
+        socket=table.parsed("socket", SocketAddress.parse, defaults.socket),
+        timeout=table.number("timeout", float, defaults.timeout, 0.1, 120.0),
+        max_size=table.number("max_size", int, defaults.max_size, 1024, 64 * 1024 * 1024),
+        user=user,
+    )
+    table.finish()
+    return settings
+
+
+@dataclass(frozen=True)
+class SpamdOutcome:
+    """What asking spamd gave for one message (`verdict` only when SCORED)."""
+
+    status: SpamdStatus
+    verdict: SpamVerdict | None = None
+    size: int = 0
+
+
+RESULT: ResultKey[SpamdOutcome] = ResultKey("spamd")
+
+
+def rule_symbol(rule: str) -> str:
+    """`SA_` + the rule's name as a symbol name (upper case, at most 64 characters).
+
+    SA rule names are letters, digits and underscores (a few contain lower case); the
+    prefix keeps them apart from our own symbols (SA's BAYES_99 is not ours).
+    """
+    return (RULE_PREFIX + re.sub(r"[^A-Z0-9_]", "_", rule.upper()))[:64]
+
+
+class SpamdAsker(Protocol):
+    """What the check needs of a client: SpamdClient, or a stand-in in unit tests."""
+
+    def symbols(self, message: bytes) -> SpamVerdict: ...
+
+
+class SpamdCheck(Check[SpamdOutcome]):
+    name = "spamd"
+    produces = RESULT
+
+    def __init__(self, settings: SpamdSettings, client: SpamdAsker) -> None:
+        self._settings = settings
+        self._client = client
+
+    def evaluate(self, check_input: CheckInput) -> SpamdOutcome:
+        transaction = check_input.transaction
+        head = header_block(transaction.headers) + CRLF
+        size = len(head) + transaction.body_size
+        log_id = transaction.log_id
+        if transaction.body_truncated or size > self._settings.max_size:
+            log.info("%s: spamd: not asked, message of %d bytes is over max_size %d%s",
+                     log_id, size, self._settings.max_size,
+                     " (the milter kept only a prefix)" if transaction.body_truncated else "")
+            return self._counted(SpamdOutcome(SpamdStatus.TOO_LARGE, size=size), 0.0)
+        began = time.monotonic()
+        status, problem = SpamdStatus.SCORED, ""
+        verdict: SpamVerdict | None = None
+        try:
+            verdict = self._client.symbols(head + transaction.body)
+        except SpamdTimeout:
+            status = SpamdStatus.TIMEOUT
+        except SpamdRefused as exc:
+            status, problem = SpamdStatus.REFUSED, str(exc)
+        except SpamdConnectionError as exc:
+            status, problem = SpamdStatus.CONNECTION_ERROR, str(exc)
+        except SpamdErrorAnswer as exc:
+            status, problem = SpamdStatus.SPAMD_ERROR, str(exc)
+        except SpamdProtocolError as exc:
+            status, problem = SpamdStatus.BAD_ANSWER, str(exc)
+        elapsed = time.monotonic() - began
+        if status is SpamdStatus.TIMEOUT:
+            log.warning("%s: spamd: no answer within %gs: not scored", log_id,
+                        self._settings.timeout)
+        elif status is not SpamdStatus.SCORED:
+            log.warning("%s: spamd: %s (%s): not scored", log_id, status.value, problem)
+        return self._counted(SpamdOutcome(status, verdict, size), elapsed)
+
+    def _counted(self, outcome: SpamdOutcome, elapsed: float) -> SpamdOutcome:
+        metrics.SPAMD_REQUESTS.labels(outcome.status.value).inc()
+        if outcome.status is not SpamdStatus.TOO_LARGE:
+            metrics.SPAMD_REQUEST_SECONDS.observe(elapsed)
+        return outcome
+
+    def symbols(self, result: SpamdOutcome) -> Sequence[Symbol]:
+        verdict = result.verdict
+        if result.status is not SpamdStatus.SCORED or verdict is None:
+            return ()
+        total = Symbol(SYMBOL, f"{verdict.score:g}/{verdict.threshold:g}", value=verdict.score)
+        rules = [Symbol(rule_symbol(rule), value=0.0)
+                 for rule in verdict.rules[:MAX_RULE_SYMBOLS]]
+        return (total, *rules)
+
+    def metric_result(self, result: SpamdOutcome) -> str:
+        return result.status.value
+
+
+def _build(context: BuildContext[SpamdSettings]) -> SpamdCheck | None:
+    settings = context.section
+    if not settings.enabled:
+        return None
+    client = SpamdClient(settings.socket, settings.timeout, settings.user or None)
+    log.info("spamd: asking SpamAssassin at %s (timeout %gs, max_size %d bytes)",
+             settings.socket, settings.timeout, settings.max_size)
+    return SpamdCheck(settings, client)
+
+
+SPEC: CheckSpec[SpamdSettings] = CheckSpec("spamd", _build, section="spamd",
+                                           read_settings=read_spamd)
