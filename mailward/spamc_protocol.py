@@ -184,7 +184,8 @@ class ResponseDecoder:
     def _read_head(self, complete: bool) -> None:
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
-            if len(self._buffer) > self._max_header_bytes:
+            # + 3: the buffer may end inside an empty line that starts within the limit.
+            if len(self._buffer) > self._max_header_bytes + 3:
                 raise SpamdProtocolError(f"no end of headers in {self._max_header_bytes} bytes")
             if not complete:
                 return
