@@ -14,6 +14,12 @@ configured socket and turns the answer into symbols:
   X-Spam-Status and the log why SA scored as it did, without counting twice.  At most
   `MAX_RULE_SYMBOLS`; rule names never become metric labels (unbounded).
 
+The message goes to spamd with one `Received:` line on top that says what Postfix does
+not hand to a milter: its own hop (`from HELO (NAME [IP]) by authserv_id`), as
+spamass-milter writes it.  Without it SA sees no relay at all (NO_RELAYS), and its
+HELO, client and date-versus-Received rules have nothing to read.  The HELO and name
+are the client's words: only host-name characters survive, so nothing can be injected.
+
 Nothing here can make a message fail: a timeout, a refused connection, spamd's own
 error answer or a garbage answer gives a result without symbols, a warning in the log
 and a count in `mailward_spamd_requests_total{outcome}`; messages over `max_size` (or
@@ -27,6 +33,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.utils import formatdate
 from enum import StrEnum
 from typing import Protocol
 
@@ -35,6 +42,7 @@ from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, Res
 from mailward.config import SocketAddress
 from mailward.configreader import Table
 from mailward.message import CRLF, header_block
+from mailward.model import Connection, Transaction
 from mailward.spamc_protocol import SpamdErrorAnswer, SpamdProtocolError, SpamVerdict
 from mailward.spamd_client import (
     SpamdClient,
@@ -117,6 +125,28 @@ def rule_symbol(rule: str) -> str:
     return (RULE_PREFIX + re.sub(r"[^A-Z0-9_]", "_", rule.upper()))[:64]
 
 
+_NOT_HOSTNAME = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
+def _host_text(value: str | None) -> str:
+    cleaned = _NOT_HOSTNAME.sub("", value or "")[:255]
+    return cleaned or "unknown"
+
+
+def trace_header(connection: Connection, transaction: Transaction, by_host: str,
+                 now: float | None = None) -> bytes:
+    """The `Received:` line of the SMTP hop into us, for spamd's eyes only (b"" when the
+    message did not come over SMTP)."""
+    if connection.client_ip is None:
+        return b""
+    protocol = "ESMTPA" if connection.auth_user else "ESMTP"
+    line = (f"Received: from {_host_text(connection.helo)} "
+            f"({_host_text(connection.client_name)} [{connection.client_ip}])\r\n"
+            f"\tby {_host_text(by_host)} (Mailward) with {protocol} id "
+            f"{_host_text(transaction.queue_id)}; {formatdate(now, localtime=True)}\r\n")
+    return line.encode("ascii")
+
+
 class SpamdAsker(Protocol):
     """What the check needs of a client: SpamdClient, or a stand-in in unit tests."""
 
@@ -127,13 +157,16 @@ class SpamdCheck(Check[SpamdOutcome]):
     name = "spamd"
     produces = RESULT
 
-    def __init__(self, settings: SpamdSettings, client: SpamdAsker) -> None:
+    def __init__(self, settings: SpamdSettings, client: SpamdAsker,
+                 by_host: str = "localhost") -> None:
         self._settings = settings
         self._client = client
+        self._by_host = by_host
 
     def evaluate(self, check_input: CheckInput) -> SpamdOutcome:
         transaction = check_input.transaction
-        head = header_block(transaction.headers) + CRLF
+        head = (trace_header(check_input.connection, transaction, self._by_host)
+                + header_block(transaction.headers) + CRLF)
         size = len(head) + transaction.body_size
         log_id = transaction.log_id
         if transaction.body_truncated or size > self._settings.max_size:
@@ -190,7 +223,7 @@ def _build(context: BuildContext[SpamdSettings]) -> SpamdCheck | None:
     client = SpamdClient(settings.socket, settings.timeout, settings.user or None)
     log.info("spamd: asking SpamAssassin at %s (timeout %gs, max_size %d bytes)",
              settings.socket, settings.timeout, settings.max_size)
-    return SpamdCheck(settings, client)
+    return SpamdCheck(settings, client, context.settings.general.authserv_id)
 
 
 SPEC: CheckSpec[SpamdSettings] = CheckSpec("spamd", _build, section="spamd",

@@ -21,6 +21,7 @@ from mailward.checks.spamd import (
     SpamdSettings,
     SpamdStatus,
     rule_symbol,
+    trace_header,
 )
 from mailward.config import SocketAddress, settings_from_mapping
 from mailward.configreader import ConfigError
@@ -121,7 +122,11 @@ def test_scored_message_gives_the_total_and_the_rules() -> None:
     assert status is SpamdStatus.SCORED
     assert [str(symbol) for symbol in symbols] == [
         "SPAMASSASSIN(7.4/5)", "SA_HTML_MESSAGE", "SA_LOWER_CASE"]
-    assert asker.sent == [b"From: a@example.org\r\nSubject: offer\r\n\r\nBuy now\r\n"]
+    [sent] = asker.sent
+    trace, _, message = sent.partition(b"\r\n\tby localhost (Mailward) with ESMTP id Q1; ")
+    assert trace == b"Received: from unknown (unknown [198.51.100.7])"
+    assert message.split(b"\r\n", 1)[1] == (
+        b"From: a@example.org\r\nSubject: offer\r\n\r\nBuy now\r\n")
     assert outcomes("scored") == before + 1
 
 
@@ -136,6 +141,16 @@ def test_spamassassin_score_is_scaled_by_its_weight_and_rules_weigh_nothing() ->
     assert score_symbols(symbols, halved).total == 3.7
     _, ham, _ = run(SpamVerdict(False, -1.9, 5.0, ()))
     assert score_symbols(ham, settings).total == -1.9
+
+
+def test_trace_header_keeps_only_host_name_characters() -> None:
+    connection = Connection(ipaddress.ip_address("2001:db8::7"), client_name="mx.example",
+                            helo="evil\r\nX-Spam-Flag: NO (x)", auth_user="alice")
+    line = trace_header(connection, MESSAGE, "mx.example.net", now=0.0).decode()
+    assert line.startswith("Received: from evilX-Spam-Flag:NOx (mx.example [2001:db8::7])\r\n"
+                           "\tby mx.example.net (Mailward) with ESMTPA id Q1; ")
+    assert line.count("\r\n") == 2 and line.endswith("\r\n")
+    assert trace_header(Connection(None), MESSAGE, "mx.example.net") == b""
 
 
 def test_rule_symbols_are_bounded() -> None:
