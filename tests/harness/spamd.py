@@ -19,10 +19,12 @@ Readiness is a PING answered with PONG (polled), never a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,7 @@ class SpamdInstance:
         self.local_rules = local_rules
         self.user = user
         self._process = ManagedProcess("spamd", self._argv(), base_dir / "spamd.log")
+        self._paused = False
 
     def _argv(self) -> list[str]:
         argv = [
@@ -130,7 +133,25 @@ class SpamdInstance:
         return self.ping()
 
     def stop(self) -> None:
+        self.resume()
         self._process.stop()
+
+    def pause(self) -> None:
+        """SIGSTOP spamd's whole process group (by its id): the kernel still accepts
+        connections into the listen backlog, but nothing answers: a hung spamd."""
+        pid = self._process.pid
+        if pid is None or not self._process.running():
+            raise HarnessError("spamd is not running")
+        os.killpg(pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after `pause` (a no-op otherwise)."""
+        pid = self._process.pid
+        if self._paused and pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGCONT)
+        self._paused = False
 
     def log_text(self) -> str:
         return self._process.output()

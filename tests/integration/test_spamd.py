@@ -5,7 +5,8 @@ sample-nonspam.txt.  Through the whole stack (real Postfix, the milter, nsd, Dov
 the GTUBE-free sample spam and the sample ham are scored by SpamAssassin's rules, which
 show in X-Spam-Status exactly as spamd logged them for that Message-ID, and SA's score
 (at its shipped weight, 1.0) takes the spam into Junk; a spamd that is stopped leaves
-mail delivered as usual, with the outcome counted in mailward_spamd_requests_total.
+mail delivered as usual, and so does one that hangs (SIGSTOP) past `timeout`, each
+outcome counted in mailward_spamd_requests_total.
 
 The private spamd carries one site rule of its own (MAILWARD_TEST_OFFER, 3.5 points,
 on the sample spam's "Generic Test for Unsolicited Bulk Email" text) next to the shipped
@@ -56,9 +57,9 @@ def zones(stack: MailStack) -> None:
     })
 
 
-def spamd_config(socket: str) -> dict[str, object]:
+def spamd_config(socket: str, timeout: float = 30.0) -> dict[str, object]:
     """The spamd check on; SPAMASSASSIN keeps its shipped weight (1.0: SA's own score)."""
-    return {"spamd": {"enabled": True, "socket": socket, "timeout": 30}}
+    return {"spamd": {"enabled": True, "socket": socket, "timeout": timeout}}
 
 
 def sample(name: str, recipient: str, drop_gtube: bool = False) -> tuple[bytes, str, str]:
@@ -185,3 +186,21 @@ def test_stopped_spamd_leaves_mail_delivered_and_is_counted(
     milter.wait_for_log(r"spamd: refused .*not scored")
     assert milter.metric_value("mailward_spamd_requests_total",
                                {"outcome": "refused"}) == refused_before + 1
+
+
+def test_hung_spamd_times_out_and_mail_is_delivered(
+        stack, zones, spamd, mailward_factory, recipient):
+    milter = mailward_factory(spamd_config(spamd.socket, timeout=1.0), services=["milter"])
+    before = milter.metric_value("mailward_spamd_requests_total", {"outcome": "timeout"}) or 0
+    message, subject, _ = sample("sample-nonspam.txt", recipient)
+    spamd.pause()
+    try:
+        deliver(stack, message, recipient)
+    finally:
+        spamd.resume()
+    stored_message = stored(stack, recipient, subject, "INBOX")
+    assert stored_message["X-Spam-Flag"] == "NO"
+    assert "SPAMASSASSIN" not in status_tests(stored_message)
+    milter.wait_for_log(r"spamd: no answer within 1s: not scored")
+    assert milter.metric_value("mailward_spamd_requests_total",
+                               {"outcome": "timeout"}) == before + 1
