@@ -111,6 +111,8 @@ class SpamdOutcome:
     status: SpamdStatus
     verdict: SpamVerdict | None = None
     size: int = 0
+    #: What went wrong, for the log (never a metric label).
+    problem: str = ""
 
 
 RESULT: ResultKey[SpamdOutcome] = ResultKey("spamd")
@@ -168,40 +170,37 @@ class SpamdCheck(Check[SpamdOutcome]):
         head = (trace_header(check_input.connection, transaction, self._by_host)
                 + header_block(transaction.headers) + CRLF)
         size = len(head) + transaction.body_size
-        log_id = transaction.log_id
         if transaction.body_truncated or size > self._settings.max_size:
             log.info("%s: spamd: not asked, message of %d bytes is over max_size %d%s",
-                     log_id, size, self._settings.max_size,
+                     transaction.log_id, size, self._settings.max_size,
                      " (the milter kept only a prefix)" if transaction.body_truncated else "")
-            return self._counted(SpamdOutcome(SpamdStatus.TOO_LARGE, size=size), 0.0)
+            outcome = SpamdOutcome(SpamdStatus.TOO_LARGE, size=size)
+            metrics.SPAMD_REQUESTS.labels(outcome.status.value).inc()
+            return outcome
         began = time.monotonic()
-        status, problem = SpamdStatus.SCORED, ""
-        verdict: SpamVerdict | None = None
-        try:
-            verdict = self._client.symbols(head + transaction.body)
-        except SpamdTimeout:
-            status = SpamdStatus.TIMEOUT
-        except SpamdRefused as exc:
-            status, problem = SpamdStatus.REFUSED, str(exc)
-        except SpamdConnectionError as exc:
-            status, problem = SpamdStatus.CONNECTION_ERROR, str(exc)
-        except SpamdErrorAnswer as exc:
-            status, problem = SpamdStatus.SPAMD_ERROR, str(exc)
-        except SpamdProtocolError as exc:
-            status, problem = SpamdStatus.BAD_ANSWER, str(exc)
-        elapsed = time.monotonic() - began
-        if status is SpamdStatus.TIMEOUT:
-            log.warning("%s: spamd: no answer within %gs: not scored", log_id,
-                        self._settings.timeout)
-        elif status is not SpamdStatus.SCORED:
-            log.warning("%s: spamd: %s (%s): not scored", log_id, status.value, problem)
-        return self._counted(SpamdOutcome(status, verdict, size), elapsed)
-
-    def _counted(self, outcome: SpamdOutcome, elapsed: float) -> SpamdOutcome:
+        outcome = self._ask(head + transaction.body, size)
+        metrics.SPAMD_REQUEST_SECONDS.observe(time.monotonic() - began)
         metrics.SPAMD_REQUESTS.labels(outcome.status.value).inc()
-        if outcome.status is not SpamdStatus.TOO_LARGE:
-            metrics.SPAMD_REQUEST_SECONDS.observe(elapsed)
+        if outcome.status is not SpamdStatus.SCORED:
+            log.warning("%s: spamd: %s (%s): not scored", transaction.log_id,
+                        outcome.status.value, outcome.problem)
         return outcome
+
+    def _ask(self, message: bytes, size: int) -> SpamdOutcome:
+        """spamd's verdict, or the kind of failure and what it was (never raises for one)."""
+        try:
+            return SpamdOutcome(SpamdStatus.SCORED, self._client.symbols(message), size)
+        except SpamdTimeout:
+            return SpamdOutcome(SpamdStatus.TIMEOUT, size=size,
+                                problem=f"no answer within {self._settings.timeout:g}s")
+        except SpamdRefused as exc:
+            return SpamdOutcome(SpamdStatus.REFUSED, size=size, problem=str(exc))
+        except SpamdConnectionError as exc:
+            return SpamdOutcome(SpamdStatus.CONNECTION_ERROR, size=size, problem=str(exc))
+        except SpamdErrorAnswer as exc:
+            return SpamdOutcome(SpamdStatus.SPAMD_ERROR, size=size, problem=str(exc))
+        except SpamdProtocolError as exc:
+            return SpamdOutcome(SpamdStatus.BAD_ANSWER, size=size, problem=str(exc))
 
     def symbols(self, result: SpamdOutcome) -> Sequence[Symbol]:
         verdict = result.verdict
