@@ -12,7 +12,8 @@ configured socket and turns the answer into symbols:
   the site's local.cf: copying them into our weights table would go stale.
 - `SA_<RULE>` for each rule that hit (`SA_HTML_MESSAGE`), weight 0: they show in
   X-Spam-Status and the log why SA scored as it did, without counting twice.  At most
-  `MAX_RULE_SYMBOLS`; rule names never become metric labels (unbounded).
+  `MAX_RULE_SYMBOLS`; rule names never become metric labels (SA has thousands, and
+  sites add their own): mailward_spam_symbols_total counts only weighted symbols.
 
 The message goes to spamd with one `Received:` line on top that says what Postfix does
 not hand to a milter: its own hop (`from HELO (NAME [IP]) by authserv_id`), as

@@ -302,6 +302,11 @@ def test_pipeline_merges_spamd_into_the_spam_headers() -> None:
     status = next(edit for edit in verdict.header_edits
                   if isinstance(edit, AppendHeader) and edit.name == "X-Spam-Status")
     assert "SPAMASSASSIN" in status.value and "SA_SEEN_0" in status.value
+    # Rule names are SA's (thousands, site-defined): never a metric label; the total is.
+    assert REGISTRY.get_sample_value("mailward_spam_symbols_total",
+                                     {"symbol": "SA_SEEN_0"}) is None
+    assert (REGISTRY.get_sample_value("mailward_spam_symbols_total",
+                                      {"symbol": "SPAMASSASSIN"}) or 0) >= 1
 
 
 def test_pipeline_delivers_normally_when_spamd_is_down() -> None:
