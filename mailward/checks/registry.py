@@ -23,12 +23,18 @@ from mailward.checks import (
     dmarc,
     dnsbl,
     gtube,
+    headerforms,
     headers,
+    htmlstyle,
     iprev,
     mime,
+    mimeform,
+    phrases,
+    received,
     rhsbl,
     spf,
     urilist,
+    urlforms,
 )
 from mailward.checks.base import BuildContext, Check, CheckSpec
 from mailward.configreader import ConfigError, ConfigProblem
@@ -52,6 +58,13 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     urilist.SPEC,
     headers.SPEC,
     content.SPEC,
+    # rule heuristics added for rules-only accuracy (bench/rules_accuracy.py)
+    received.SPEC,
+    headerforms.SPEC,
+    mimeform.SPEC,
+    htmlstyle.SPEC,
+    urlforms.SPEC,
+    phrases.SPEC,
 )
 
 

@@ -1,0 +1,211 @@
+"""Phrase and text-style heuristics: what bulk advertising says, and how loudly.
+
+A small weighted phrase list, grouped by what the phrases are for (money, offers,
+urgency, list-footer boilerplate, calls to action, health products, home business,
+impersonal greetings), matched as whole words in the decoded, visible text of the shared
+bounded parse (at most `MAX_TEXT_CHARS`) and in the Subject.  A category fires once per
+message whatever the number of phrases (`PHRASE_<CATEGORY>`), and once more at
+`MANY` distinct phrases (`PHRASE_<CATEGORY>_MANY`): one "free" in a mailing-list
+discussion is ordinary, five different money phrases are not.  The weights are fitted by
+bench/tune_weights.py.
+
+Text style:
+
+* BODY_CAPS_HEAVY: a third or more of the letters are capitals (in 200 letters or more).
+* BODY_EXCLAIM_MANY: "!!!" or ten or more exclamation marks.
+* BODY_DOLLAR_AMOUNTS: three or more dollar amounts.
+* BODY_TOLL_FREE: a North American toll-free number (call-now advertising).
+* SUBJECT_ADV: the Subject starts with the "ADV" label some laws require on advertising.
+* SUBJECT_SPAM_PHRASE: the Subject carries a money/offer/urgency phrase or a $ amount.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailward.checks import mime as mime_check
+from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey, Symbol
+from mailward.checks.rulebase import RuleCheck, RuleFindings
+from mailward.mime import decode_header_text
+
+MAX_TEXT_CHARS = 64 * 1024
+MANY = 3
+
+#: Category -> phrases (regular-expression fragments, lower case, matched on word
+#: boundaries in text whose white space runs are single spaces).
+PHRASES: dict[str, tuple[str, ...]] = {
+    "MONEY": (
+        r"make money", r"extra (?:cash|income)", r"earn (?:up to )?\$", r"cash bonus",
+        r"financial freedom", r"income opportunity", r"residual income",
+        r"(?:lower|reduce) your (?:monthly )?payments?", r"refinanc\w*", r"mortgage rates?",
+        r"interest rates? (?:as low|starting)", r"debt consolidation", r"eliminate (?:your )?debt",
+        r"credit card (?:debt|offers?)", r"bad credit", r"no credit check", r"pre-?approved",
+        r"(?:thousands|millions) of dollars", r"per week", r"weekly income",
+        r"\$\d[\d,]* (?:per|a|every) (?:week|month|day)", r"money back", r"cash advance",
+        r"investment opportunity", r"wire transfer", r"bank account details?",
+        r"beneficiary", r"next of kin", r"(?:usd|us\$) ?\d",
+    ),
+    "OFFER": (
+        r"100% free", r"absolutely free", r"free (?:gift|trial|offer|quote|consultation|"
+        r"membership|access|sample|report)", r"no obligation", r"risk[- ]free",
+        r"satisfaction guaranteed", r"money[- ]back guarantee", r"special (?:offer|promotion)",
+        r"lowest prices?", r"save up to", r"\d{2,3} ?% off", r"best prices?", r"you(?:'ve| have) "
+        r"been (?:selected|chosen)", r"congratulations", r"you(?:'re| are) a winner",
+        r"claim your", r"prize", r"no (?:hidden )?(?:cost|fees)", r"free shipping",
+        r"order (?:now|today)", r"buy (?:now|direct)", r"wholesale", r"limited offer",
+        r"amazing", r"incredible (?:offer|deal)", r"guaranteed",
+    ),
+    "URGENCY": (
+        r"act now", r"limited time", r"don'?t (?:delay|miss|wait)", r"urgent", r"hurry",
+        r"today only", r"expires? (?:soon|today|tomorrow)", r"while (?:supplies|they) last",
+        r"call now", r"before it'?s too late", r"once in a lifetime", r"last chance",
+        r"immediately", r"respond (?:now|today|immediately)", r"time is running out",
+    ),
+    "BULK_FOOTER": (
+        r"to be removed", r"remove in the subject", r"removal instructions",
+        r"(?:click|reply) (?:here )?to (?:be )?(?:removed|unsubscribe)", r"opt[- ]?in list",
+        r"you (?:are )?receiv(?:ed|ing) this (?:e-?mail|message|mailing)", r"not spam",
+        r"one[- ]time (?:e-?mail|mailing|message)", r"this is not (?:an? )?(?:unsolicited|spam)",
+        r"sent in compliance", r"s\.? ?1618", r"no longer (?:wish|want) to receive",
+        r"remove me", r"delete this (?:e-?mail|message)", r"if you wish to be removed",
+        r"opted in", r"mailing list (?:of|for) (?:people|individuals)",
+        r"your e-?mail address (?:was|has been) (?:obtained|collected|submitted)",
+    ),
+    "CALL_TO_ACTION": (
+        r"click (?:here|below|on the link)", r"visit our (?:web ?site|site)", r"call toll[- ]free",
+        r"call (?:us )?(?:today|now)", r"reply (?:to this e-?mail )?with", r"fill out the form",
+        r"sign up (?:now|today)", r"apply (?:now|online)", r"get started (?:now|today)",
+        r"copy and paste", r"follow the link", r"go to the (?:link|url|web ?site) below",
+    ),
+    "HEALTH": (
+        r"weight loss", r"lose weight", r"lose \d+ (?:lbs|pounds)", r"diet (?:pills?|patch)",
+        r"viagra", r"herbal", r"prescriptions?", r"enlarge\w*", r"hgh", r"anti-?aging",
+        r"no prescription", r"pharmacy", r"medications?", r"erection", r"cialis",
+        r"burn fat", r"appetite",
+    ),
+    "BUSINESS": (
+        r"work (?:from|at) home", r"home[- ]based business", r"be your own boss",
+        r"multi-?level marketing", r"network marketing", r"mlm", r"business opportunity",
+        r"no experience (?:needed|necessary|required)", r"part[- ]time", r"full[- ]time income",
+        r"e-?mail marketing", r"bulk e-?mail", r"millions of (?:e-?mail )?addresses",
+        r"targeted (?:e-?mail|list)s?", r"increase (?:your )?sales", r"marketing campaign",
+    ),
+    "GREETING": (
+        r"dear (?:friend|sir|madam|sir/madam|sir or madam|valued (?:customer|member))",
+        r"hello friend", r"dear (?:beloved|business owner|homeowner|entrepreneur)",
+        r"greetings to you",
+    ),
+}
+
+#: Categories whose phrases also count in the Subject (SUBJECT_SPAM_PHRASE).
+SUBJECT_CATEGORIES = ("MONEY", "OFFER", "URGENCY", "HEALTH", "BUSINESS")
+SUBJECT_WORDS = re.compile(
+    r"\b(?:free|cash|money|save|win|winner|offer|guarantee[ds]?|mortgage|loan|debt|rates?|"
+    r"income|viagra|sale|discount|deal|lowest|cheap)\b|\$\s?\d|\d ?%", re.I)
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    """One compiled phrase; `literal` is its plain-text start (a cheap substring test
+    that rules most phrases out before the regular expression runs), "" if none."""
+
+    category: str
+    pattern: re.Pattern[str]
+    literal: str
+
+
+def _compile(category: str, fragment: str) -> _Phrase:
+    literal = re.match(r"[a-z0-9 ']*", fragment)
+    prefix = literal.group(0) if literal else ""
+    if prefix and fragment[len(prefix):len(prefix) + 1] not in ("", " ", "(", "\\"):
+        prefix = prefix[:-1]  # the last character is quantified ("s?", "e*")
+    # A phrase that ends in "$" or a digit class is followed by digits ("earn $500").
+    tail = "" if fragment.endswith(("$", r"\d")) else r"(?!\w)"
+    return _Phrase(category, re.compile(rf"(?<!\w){fragment}{tail}"), prefix.rstrip())
+
+
+_PHRASES = tuple(_compile(category, fragment)
+                 for category, fragments in PHRASES.items() for fragment in fragments)
+_DOLLAR_AMOUNT = re.compile(r"\$\s?\d")
+_TOLL_FREE = re.compile(r"(?<!\d)(?:1[-. ]?)?\(?8(?:00|88|77|66)\)?[-. ]?\d{3}[-. ]?\d{4}(?!\d)")
+_SPACES = re.compile(r"\s+")
+_ADV = re.compile(r"^\s*[\[(]?adv\b", re.I)
+
+
+def phrase_counts(text: str) -> dict[str, int]:
+    """Category -> number of distinct phrases of it found in `text` (lower case, white
+    space runs as one space: see `normalise`)."""
+    counts: dict[str, int] = {}
+    for phrase in _PHRASES:
+        if phrase.literal and phrase.literal not in text:
+            continue
+        if phrase.pattern.search(text):
+            counts[phrase.category] = counts.get(phrase.category, 0) + 1
+    return counts
+
+
+def normalise(text: str) -> str:
+    """Lower case, every run of white space one space: what phrases are matched on."""
+    return _SPACES.sub(" ", text.lower())
+
+
+def phrase_symbols(text: str) -> list[Symbol]:
+    symbols: list[Symbol] = []
+    for category, found in sorted(phrase_counts(normalise(text)).items()):
+        symbols.append(Symbol(f"PHRASE_{category}"))
+        if found >= MANY:
+            symbols.append(Symbol(f"PHRASE_{category}_MANY"))
+    return symbols
+
+
+def style_symbols(text: str) -> list[Symbol]:
+    symbols: list[Symbol] = []
+    letters = [char for char in text if char.isalpha()]
+    if len(letters) >= 200 and 3 * sum(char.isupper() for char in letters) >= len(letters):
+        symbols.append(Symbol("BODY_CAPS_HEAVY"))
+    if "!!!" in text or text.count("!") >= 10:
+        symbols.append(Symbol("BODY_EXCLAIM_MANY"))
+    if len(_DOLLAR_AMOUNT.findall(text)) >= 3:
+        symbols.append(Symbol("BODY_DOLLAR_AMOUNTS"))
+    if _TOLL_FREE.search(text):
+        symbols.append(Symbol("BODY_TOLL_FREE"))
+    return symbols
+
+
+def subject_symbols(subject: str) -> list[Symbol]:
+    symbols: list[Symbol] = []
+    if _ADV.match(subject):
+        symbols.append(Symbol("SUBJECT_ADV"))
+    in_categories = set(phrase_counts(normalise(subject))) & set(SUBJECT_CATEGORIES)
+    if in_categories or SUBJECT_WORDS.search(subject):
+        symbols.append(Symbol("SUBJECT_SPAM_PHRASE"))
+    return symbols
+
+
+RESULT: ResultKey[RuleFindings] = ResultKey("phrases")
+
+
+class PhraseHeuristics(RuleCheck):
+    """The phrase and text-style rules above, on the shared parse."""
+
+    name = "phrases"
+    produces = RESULT
+    requires = (mime_check.RESULT,)
+
+    def evaluate(self, check_input: CheckInput) -> RuleFindings:
+        subject = ""
+        for _, header in check_input.transaction.headers_named("Subject"):
+            subject = decode_header_text(header.value)[:1000]
+            break
+        view = check_input.results.get(mime_check.RESULT)
+        text = view.parsed.visible_text()[:MAX_TEXT_CHARS] if view is not None else ""
+        return RuleFindings(tuple([*phrase_symbols(f"{subject}\n{text}"),
+                                   *style_symbols(text), *subject_symbols(subject)]))
+
+
+def _build(context: BuildContext[None]) -> PhraseHeuristics | None:
+    return PhraseHeuristics() if context.settings.scoring.enabled else None
+
+
+SPEC: CheckSpec[None] = CheckSpec("phrases", _build)

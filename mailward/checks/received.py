@@ -1,0 +1,195 @@
+"""Received-chain heuristics: how the message says it travelled, and where that is odd.
+
+Every relay prepends a Received header; spamware that sends direct from a botnet host or
+forges hops leaves tell-tale shapes (symbols are names only, no addresses or hosts):
+
+* RCVD_HELO_IP_LITERAL: a hop from a public address whose HELO was a bare IP address
+  (a real mail server greets with its name).
+* RCVD_NO_RDNS: a hop from a public address without reverse DNS ("unknown", or only the
+  bracketed address).
+* RCVD_DYNAMIC_RDNS: the reverse name of a public hop looks like an access line (its
+  address digits in the name, or dsl/dialup/ppp/pool/dhcp/cable-style words): end-user
+  machines, not mail servers.
+* RCVD_HELO_NO_DOT: a public hop that greeted with a bare single-label name.
+* RCVD_OUT_OF_ORDER: an older hop is dated more than 12 hours after the hop above it:
+  hops that were made up (a clock off by a few hours is common and not scored).
+* FORGED_FREEMAIL_RCVD: From is a large freemail provider but no hop mentions its
+  mail servers: webmail of those providers always relays through them.
+
+Only the first `MAX_HOPS` Received headers are read, each cut to `MAX_HEADER_CHARS`.
+The chain's text is what senders and relays wrote; nothing here trusts it for more than
+a hint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey, Symbol
+from mailward.checks.headers import parse_timestamp
+from mailward.checks.rulebase import RuleCheck, RuleFindings
+from mailward.fromheader import parse_from
+from mailward.model import Transaction
+
+MAX_HOPS = 12
+MAX_HEADER_CHARS = 2000
+OUT_OF_ORDER_SLACK = 12 * 3600.0
+
+#: Freemail providers whose web and submission mail always passes their own relays:
+#: registrable From domain -> names that appear in those relays' Received lines.
+FREEMAIL_RELAYS: dict[str, tuple[str, ...]] = {
+    "hotmail.com": ("hotmail.com", "msn.com", "outlook.com"),
+    "msn.com": ("hotmail.com", "msn.com", "outlook.com"),
+    "yahoo.com": ("yahoo.com", "yahoo.net", "yahoodns.net"),
+    "aol.com": ("aol.com", "aol.net"),
+    "gmail.com": ("google.com", "gmail.com"),
+    "excite.com": ("excite.com",),
+    "lycos.com": ("lycos.com",),
+}
+
+_FROM_PART = re.compile(r"^\s*from\s+(.*?)(?:\s+by\s|;|$)", re.I | re.S)
+_IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
+_RDNS = re.compile(r"\(\s*(?:[^\s()@]+@)?([A-Za-z0-9._-]+)\s*\[", re.I)
+_PROTOCOL = re.compile(r"\swith\s+([A-Za-z0-9_-]+)", re.I)
+_HELO_WORD = re.compile(r"\(\s*helo[= ]\s*([^\s()]+)|helo=([^\s()]+)", re.I)
+_DYNAMIC_WORDS = re.compile(
+    r"(?:^|[.\-\d])(?:a?dsl|dialup|dial-up|dial|ppp|pool|dyn|dynamic|dhcp|cable|modem|"
+    r"cpe|client|customer|broadband|catv|user|home)(?:[.\-\d]|$)", re.I)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """What one Received header says about the client it came from.
+
+    `rdns` is the client's reverse name as the receiving server recorded it; when
+    `rdns_known` is False the header's form does not say (sendmail's `from helo ([ip])`
+    may mean either), and no rule reads `rdns`.  `smtp` is False for hops by other
+    protocols (QMQP, local, IMAP fetches), which the rules skip.
+    """
+
+    helo: str
+    rdns: str
+    rdns_known: bool
+    address: str
+    stamp: float | None
+    smtp: bool = True
+
+
+def parse_hop(value: str) -> Hop:
+    """The HELO, reverse name and client address of one Received header (bounded).
+
+    Forms understood: Postfix `from helo (rdns|unknown [ip])`, sendmail `from helo
+    (rdns [ip])`, Exim `from rdns ([ip] helo=name)` / `from [ip] (helo=name)`, qmail
+    `from rdns|unknown (HELO name) (ip)`; anything else yields what it plainly says.
+    """
+    text = " ".join(value[:MAX_HEADER_CHARS].split())
+    _, semicolon, date_text = text.rpartition(";")
+    stamp = parse_timestamp(date_text) if semicolon else None
+    protocol = _PROTOCOL.search(text)
+    smtp = protocol is None or "smtp" in protocol.group(1).lower()
+    match = _FROM_PART.match(text)
+    if match is None:
+        return Hop("", "", False, "", stamp, smtp)
+    clause = match.group(1)
+    words = clause.split()
+    first = words[0] if words else ""
+    helo = first.strip("[]()")
+    helo_word = _HELO_WORD.search(clause)
+    if helo_word:
+        helo = (helo_word.group(1) or helo_word.group(2)).strip("[])")
+    addresses = _IPV4.findall(clause)
+    address = addresses[0] if addresses else ""
+    rdns, known = "", False
+    rdns_match = _RDNS.search(clause)
+    if rdns_match:
+        rdns, known = rdns_match.group(1).lower(), True
+    elif first.lower() == "unknown" or (helo_word and first.startswith("[")):
+        known = True  # qmail's "from unknown (HELO x)", Exim's "from [ip] (helo=x)"
+    elif (helo_word or "exim" in text.lower()) and first and not first.startswith(("(", "[")):
+        rdns, known = first.lower(), True  # Exim and qmail put the verified name first
+    if rdns == "unknown":
+        rdns = ""
+    return Hop(helo, rdns, known, address, stamp, smtp)
+
+
+def _is_public(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_global
+    except ValueError:
+        return False
+
+
+def _looks_dynamic(rdns: str, address: str) -> bool:
+    octets = address.split(".")
+    digits = re.findall(r"\d+", rdns)
+    if sum(1 for octet in octets if octet in digits) >= 3:
+        return True
+    return bool(_DYNAMIC_WORDS.search(rdns))
+
+
+def hop_symbols(hops: Sequence[Hop]) -> list[Symbol]:
+    found: dict[str, Symbol] = {}
+    for hop in hops:
+        if not hop.smtp or not _is_public(hop.address):
+            continue
+        if _IPV4.fullmatch(hop.helo):
+            found.setdefault("RCVD_HELO_IP_LITERAL", Symbol("RCVD_HELO_IP_LITERAL"))
+        elif hop.helo and "." not in hop.helo and hop.helo.lower() != "unknown":
+            found.setdefault("RCVD_HELO_NO_DOT", Symbol("RCVD_HELO_NO_DOT"))
+        if not hop.rdns_known:
+            continue
+        if not hop.rdns or _IPV4.fullmatch(hop.rdns):
+            found.setdefault("RCVD_NO_RDNS", Symbol("RCVD_NO_RDNS"))
+        elif _looks_dynamic(hop.rdns, hop.address):
+            found.setdefault("RCVD_DYNAMIC_RDNS", Symbol("RCVD_DYNAMIC_RDNS"))
+    for newer, older in itertools.pairwise(hops):
+        if (newer.stamp is not None and older.stamp is not None
+                and older.stamp > newer.stamp + OUT_OF_ORDER_SLACK):
+            found.setdefault("RCVD_OUT_OF_ORDER", Symbol("RCVD_OUT_OF_ORDER"))
+            break
+    return list(found.values())
+
+
+def forged_freemail_symbols(transaction: Transaction, received: Sequence[str]) -> list[Symbol]:
+    for _, header in transaction.headers_named("From"):
+        parsed = parse_from(header.value)
+        if isinstance(parsed, str) or len(parsed) != 1:
+            return []
+        domain = ".".join(parsed[0].domain.lower().rstrip(".").split(".")[-2:])
+        relays = FREEMAIL_RELAYS.get(domain)
+        if relays is None:
+            return []
+        chain = " ".join(received).lower()
+        if any(relay in chain for relay in relays):
+            return []
+        return [Symbol("FORGED_FREEMAIL_RCVD")]
+    return []
+
+
+RESULT: ResultKey[RuleFindings] = ResultKey("received")
+
+
+class ReceivedHeuristics(RuleCheck):
+    """The Received-chain rules above; reads only the headers."""
+
+    name = "received"
+    produces = RESULT
+
+    def evaluate(self, check_input: CheckInput) -> RuleFindings:
+        transaction = check_input.transaction
+        received = [header.value[:MAX_HEADER_CHARS] for _, header in
+                    itertools.islice(transaction.headers_named("Received"), MAX_HOPS)]
+        hops = [parse_hop(value) for value in received]
+        return RuleFindings(tuple([*hop_symbols(hops),
+                                   *forged_freemail_symbols(transaction, received)]))
+
+
+def _build(context: BuildContext[None]) -> ReceivedHeuristics | None:
+    return ReceivedHeuristics() if context.settings.scoring.enabled else None
+
+
+SPEC: CheckSpec[None] = CheckSpec("received", _build)
