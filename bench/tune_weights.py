@@ -15,11 +15,15 @@ choices, all made before any held-out result was seen:
 * weights are >= 0: a heuristic only ever adds evidence (a spammer must not be able to
   buy points back by adding a header), and <= `CAP` (4.0, less than `required`): no
   single heuristic flags a message on its own, two independent ones must agree;
+* the advertising family (`BULK_FORM`: HTML-only, unsubscribe links, phrases, offers,
+  big fonts...) is capped at `BULK_CAP` (1.0): wanted newsletters and shop mail share
+  it, and the tuning ham (personal and mailing-list mail) has almost none, so an
+  unconstrained fit would make it decisive;
 * a symbol fires at least `MIN_SUPPORT` times in the tuning parts to be fitted; rarer
   ones (attachments, GTUBE, authentication, lists) keep the hand-set weight;
 * ham errors cost `ham_cost` times a spam error, with `ham_cost` chosen by 5-fold
   cross-validation inside the tuning parts: the smallest cost whose cross-validated
-  ham false-positive rate is <= `FP_TARGET` (0.5%, half the goal, for margin);
+  ham false-positive rate is <= `FP_TARGET` (0.3%, under a third of the goal, for margin);
 * L2 regularisation (`L2`) keeps weights of rare, correlated symbols small.
 
 Prints the tuning-part accuracy of the fitted weights and the weights as a Python
@@ -43,13 +47,34 @@ from mailward.scoring import DEFAULT_WEIGHTS, ScoringSettings
 TUNING = (("easy-ham-1", False), ("spam-1", True))
 CAP = 4.0
 MIN_SUPPORT = 5
-FP_TARGET = 0.005
+FP_TARGET = 0.003
+BULK_CAP = 1.0
 TEMPERATURE = 1.0
 L2 = 0.002
-HAM_COSTS = (1.0, 2.0, 4.0, 8.0, 16.0)
+HAM_COSTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 STEPS = 1500
 LEARNING_RATE = 0.05
 FOLDS = 5
+
+#: The advertising family: layout and language that solicited bulk mail (newsletters and
+#: shop mail people signed up for) shares with spam.  The tuning ham (personal and
+#: mailing-list mail) has almost none of it, so an unconstrained fit makes these look
+#: decisive, and wanted newsletters then score as spam.  Each is capped at BULK_CAP, so
+#: that advertising alone stays under `required` and a deception sign (forged headers,
+#: a botnet hop, hidden text, a tracking token, Bcc to strangers) has to add to it.
+#: Every PHRASE_* symbol belongs to the family too.
+BULK_FORM = frozenset({
+    "HTML_ONLY", "HTML_FONT_HEAVY", "HTML_BIG_FONT", "HTML_FORM", "HTML_SCRIPT",
+    "HTML_UPPERCASE_TAGS", "HTML_LINK_CLICK_HERE", "HTML_IMAGES_LITTLE_TEXT",
+    "MIME_ALT_TEXT_STUB", "URL_UNSUBSCRIBE", "URL_LONG_QUERY", "URL_REDIRECT",
+    "BODY_DOLLAR_AMOUNTS", "BODY_TOLL_FREE", "BODY_EXCLAIM_MANY", "BODY_CAPS_HEAVY",
+    "SUBJECT_SPAM_PHRASE", "SUBJECT_ALL_CAPS", "SUBJECT_EXCESS_PUNCT",
+})
+
+
+def is_bulk_form(name: str) -> bool:
+    return name in BULK_FORM or name.startswith("PHRASE_")
+
 
 #: Symbols whose weight is a decision, not a fit (forced actions, files that run).
 HAND_SET = frozenset({
@@ -74,11 +99,12 @@ def group(rows: Sequence[tuple[tuple[int, ...], bool]]) -> list[Sample]:
     return [Sample(features, ham, spam) for features, (ham, spam) in counts.items()]
 
 
-def fit(samples: Sequence[Sample], size: int, ham_cost: float, required: float,
+def fit(samples: Sequence[Sample], caps: Sequence[float], ham_cost: float, required: float,
         fixed: Sequence[float]) -> list[float]:
     """Projected Adam on the cost-weighted logistic loss; `fixed` holds each sample's
     score from hand-set symbols (added, never changed)."""
-    weights = [1.0] * size
+    size = len(caps)
+    weights = [min(1.0, cap) for cap in caps]
     first = [0.0] * size
     second = [0.0] * size
     total = sum(sample.ham * ham_cost + sample.spam for sample in samples)
@@ -97,7 +123,8 @@ def fit(samples: Sequence[Sample], size: int, ham_cost: float, required: float,
             second[index] = 0.999 * second[index] + 0.001 * gradient[index] ** 2
             corrected = first[index] / (1 - 0.9 ** step)
             scale = math.sqrt(second[index] / (1 - 0.999 ** step)) + 1e-8
-            weights[index] = min(CAP, max(0.0, weights[index] - LEARNING_RATE * corrected / scale))
+            step_to = weights[index] - LEARNING_RATE * corrected / scale
+            weights[index] = min(caps[index], max(0.0, step_to))
     return weights
 
 
@@ -116,19 +143,19 @@ def rates(rows: Sequence[tuple[tuple[int, ...], bool]], fixed: Sequence[float],
     return caught / max(1, spam), false_positives / max(1, ham)
 
 
-def fit_rows(rows: Sequence[tuple[tuple[int, ...], bool]], fixed: Sequence[float], size: int,
-             ham_cost: float, required: float) -> list[float]:
+def fit_rows(rows: Sequence[tuple[tuple[int, ...], bool]], fixed: Sequence[float],
+             caps: Sequence[float], ham_cost: float, required: float) -> list[float]:
     keyed: dict[tuple[tuple[int, ...], float], list[int]] = collections.defaultdict(
         lambda: [0, 0])
     for (features, is_spam), base in zip(rows, fixed, strict=True):
         keyed[(features, base)][1 if is_spam else 0] += 1
     samples = [Sample(features, ham, spam) for (features, _), (ham, spam) in keyed.items()]
     bases = [base for (_, base) in keyed]
-    return fit(samples, size, ham_cost, required, bases)
+    return fit(samples, caps, ham_cost, required, bases)
 
 
 def choose_ham_cost(rows: Sequence[tuple[tuple[int, ...], bool]], fixed: Sequence[float],
-                    size: int, required: float) -> float:
+                    caps: Sequence[float], required: float) -> float:
     order = list(range(len(rows)))
     random.Random(20021).shuffle(order)
     folds = [order[start::FOLDS] for start in range(FOLDS)]
@@ -137,7 +164,7 @@ def choose_ham_cost(rows: Sequence[tuple[tuple[int, ...], bool]], fixed: Sequenc
         for held in folds:
             held_set = set(held)
             train = [index for index in order if index not in held_set]
-            weights = fit_rows([rows[i] for i in train], [fixed[i] for i in train], size,
+            weights = fit_rows([rows[i] for i in train], [fixed[i] for i in train], caps,
                                ham_cost, required)
             recall, fp = rates([rows[i] for i in held], [fixed[i] for i in held], weights,
                                required)
@@ -172,9 +199,9 @@ def main(argv: list[str] | None = None) -> int:
              for names, _ in labelled]
     print(f"tuning on {', '.join(part for part, _ in TUNING)}: {len(rows)} messages, "
           f"{len(fitted)} symbols fitted (support >= {MIN_SUPPORT})")
-    ham_cost = choose_ham_cost(rows, fixed, len(fitted), required)
-    weights = [round(weight, 1) for weight in
-               fit_rows(rows, fixed, len(fitted), ham_cost, required)]
+    caps = [BULK_CAP if is_bulk_form(name) else CAP for name in fitted]
+    ham_cost = choose_ham_cost(rows, fixed, caps, required)
+    weights = [round(weight, 1) for weight in fit_rows(rows, fixed, caps, ham_cost, required)]
     recall, fp = rates(rows, fixed, weights, required)
     print(f"chosen ham_cost {ham_cost:g}; on the tuning parts: recall {100 * recall:.1f}% "
           f"ham false positives {100 * fp:.2f}%")

@@ -10,16 +10,20 @@ display name); this module looks at the shape of the rest (symbols are names onl
   accounts: `kim20394@...`).
 * SUBJECT_RE_NO_THREAD: Subject starts "Re:" but there is neither In-Reply-To nor
   References: a fake reply, made to look like a conversation.
-* SUBJECT_TRAILING_ID: the Subject ends in a run of spaces or a tracking token (digits or
-  a mixed letters-and-digits code) that the sender appends per recipient.
+* SUBJECT_TRAILING_ID: the Subject ends in a tracking token that the sender appends per
+  recipient: a word after a run of three or more spaces, a letters-and-digits code
+  (two or more of each), or a number after two or more spaces.
 * SUBJECT_MISSING: no Subject, or an empty one.
 * HEADER_8BIT: raw 8-bit bytes in Subject or From instead of RFC 2047 encoded words.
-* MAILER_OUTLOOK_FORGED: X-Mailer names Microsoft Outlook but the Message-ID is not in
-  the form Outlook writes, or the X-MimeOLE header Outlook adds is missing: the name is
+* MAILER_OUTLOOK_FORGED: X-Mailer names a Windows Outlook (Express) but the Message-ID is
+  not in the form it writes, or the X-MimeOLE header it adds is missing: the name is
   borrowed by a bulk mailer.
+* MID_OUTLOOK_FORM_NO_OUTLOOK: a Message-ID in Outlook's form although no Microsoft
+  program wrote the message (no such X-Mailer or X-MimeOLE): bulk tools copy the form.
 * PRIORITY_HIGH: X-Priority 1/2, X-MSMail-Priority or Importance high: urgency.
 * DATE_ODD_FORMAT: a Date that parses but is not written as RFC 5322 mail software writes
-  it (two-digit year, no numeric zone, odd spacing).
+  it (two-digit or impossible year, no numeric zone or one no place on earth has,
+  odd spacing).
 """
 
 from __future__ import annotations
@@ -42,12 +46,19 @@ _ADDRESS = re.compile(r"[^\s<>,;:\"]+@[^\s<>,;:\"]+")
 _LOCAL_DIGITS = re.compile(r"\d{4,}$")
 _REPLY = re.compile(r"^\s*(?:re|aw|sv)\s*(?:\[\d+\])?\s*:", re.I)
 _TRAILING_ID = re.compile(
-    r"(?:\s{3,}\S*|\s[-#(\[]?(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{5,}[)\]]?"
-    r"|\s[-#(\[]?\d{3,}(?:[.-]\d+)*[)\]]?)\s*$")
+    r"(?:\S\s{3,}\S+|\s[-#(\[]?(?=(?:[A-Za-z]*\d){2})(?=(?:\d*[A-Za-z]){2})[A-Za-z0-9]{5,}"
+    r"[)\]]?|\S\s{2,}[-#(\[]?\d{3,}(?:[.-]\d+)*[)\]]?)\s*$")
+_FOLDING = re.compile(r"\r?\n[ \t]+")
+#: The Windows Outlook versions whose Message-IDs have the `<12hex$8hex$8hex@host>` form
+#: (the Macintosh editions and Outlook 2000's internet mode write other forms).
+_OUTLOOK_WINDOWS = re.compile(
+    r"microsoft outlook express [56]\.|microsoft outlook, build 1[01]\.|microsoft office outlook",
+    re.I)
 _OUTLOOK_MID = re.compile(r"\s*<[0-9A-Fa-f]{12}\$[0-9A-Fa-f]{8}\$[0-9A-Fa-f]{8}@[^<>\s]+>\s*")
 _RFC5322_DATE = re.compile(
-    r"(?:[A-Z][a-z]{2},\s)?\s?\d{1,2}\s[A-Z][a-z]{2}\s\d{4}\s\d{2}:\d{2}(?::\d{2})?"
-    r"\s[+-]\d{4}(?:\s\([A-Za-z0-9 +:-]{1,40}\))?")
+    r"(?:[A-Z][a-z]{2},\s)?\s?\d{1,2}\s[A-Z][a-z]{2}\s(?:19|20)\d\d\s\d{2}:\d{2}(?::\d{2})?"
+    r"\s[+-](?:0\d|1[0-4])(?:00|15|30|45)(?:\s\([A-Za-z0-9 +:-]{1,40}\))?")
+_MICROSOFT_MAILER = re.compile(r"outlook|microsoft|mimeole|exchange|cdo", re.I)
 
 
 def _values(transaction: Transaction, name: str) -> list[str]:
@@ -89,7 +100,7 @@ def subject_symbols(subject_value: str | None, threaded: bool) -> list[Symbol]:
     symbols: list[Symbol] = []
     if _REPLY.match(subject) and not threaded:
         symbols.append(Symbol("SUBJECT_RE_NO_THREAD"))
-    if _TRAILING_ID.search(subject_value.replace("\n", " ").rstrip("\r")):
+    if _TRAILING_ID.search(_FOLDING.sub(" ", subject_value).rstrip()):
         symbols.append(Symbol("SUBJECT_TRAILING_ID"))
     return symbols
 
@@ -105,13 +116,25 @@ def eight_bit_symbols(values: Sequence[str | None]) -> list[Symbol]:
 
 def mailer_symbols(transaction: Transaction) -> list[Symbol]:
     mailer = _first(transaction, "X-Mailer") or ""
-    if "outlook" not in mailer.lower() or "microsoft" not in mailer.lower():
+    if not _OUTLOOK_WINDOWS.search(mailer):
         return []
-    message_id = _first(transaction, "Message-ID") or ""
+    message_id = (_first(transaction, "Message-ID") or "").replace("\n", " ")
+    if message_id.strip().lower().endswith(("@hotmail.com>", "@msn.com>")):
+        return []  # Outlook Express over Hotmail's HTTP access: Hotmail numbers it
     has_mimeole = _first(transaction, "X-MimeOLE") is not None
-    if not _OUTLOOK_MID.fullmatch(message_id.replace("\n", " ")) or not has_mimeole:
+    if not _OUTLOOK_MID.fullmatch(message_id) or not has_mimeole:
         return [Symbol("MAILER_OUTLOOK_FORGED")]
     return []
+
+
+def message_id_form_symbols(transaction: Transaction) -> list[Symbol]:
+    """MID_OUTLOOK_FORM_NO_OUTLOOK: an Outlook-form Message-ID in a message no Microsoft
+    program wrote (no such X-Mailer, no X-MimeOLE): bulk tools copy the form."""
+    message_id = (_first(transaction, "Message-ID") or "").replace("\n", " ")
+    if not _OUTLOOK_MID.fullmatch(message_id):
+        return []
+    mailer = " ".join(_values(transaction, "X-Mailer") + _values(transaction, "X-MimeOLE"))
+    return [] if _MICROSOFT_MAILER.search(mailer) else [Symbol("MID_OUTLOOK_FORM_NO_OUTLOOK")]
 
 
 def priority_symbols(transaction: Transaction) -> list[Symbol]:
@@ -151,6 +174,7 @@ class HeaderFormHeuristics(RuleCheck):
             *subject_symbols(subject, threaded),
             *eight_bit_symbols((subject, from_value)),
             *mailer_symbols(transaction),
+            *message_id_form_symbols(transaction),
             *priority_symbols(transaction),
             *date_form_symbols(_first(transaction, "Date")),
         ]))

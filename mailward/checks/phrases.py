@@ -2,11 +2,12 @@
 
 A small weighted phrase list, grouped by what the phrases are for (money, offers,
 urgency, list-footer boilerplate, calls to action, health products, home business,
-impersonal greetings), matched as whole words in the decoded, visible text of the shared
-bounded parse (at most `MAX_TEXT_CHARS`) and in the Subject.  A category fires once per
-message whatever the number of phrases (`PHRASE_<CATEGORY>`), and once more at
-`MANY` distinct phrases (`PHRASE_<CATEGORY>_MANY`): one "free" in a mailing-list
-discussion is ordinary, five different money phrases are not.  The weights are fitted by
+impersonal greetings; and advance-fee fraud, whose symbols are ADVANCE_FEE[_MANY]),
+matched as whole words in the decoded, visible text of the shared bounded parse (at
+most `MAX_TEXT_CHARS`) and in the Subject.  A category fires once per message whatever
+the number of phrases (`PHRASE_<CATEGORY>`), and once more at `MANY` distinct phrases
+(`PHRASE_<CATEGORY>_MANY`): one "free" in a mailing-list discussion is ordinary, five
+different money phrases are not.  The weights are fitted by
 bench/tune_weights.py.
 
 Text style:
@@ -43,8 +44,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"credit card (?:debt|offers?)", r"bad credit", r"no credit check", r"pre-?approved",
         r"(?:thousands|millions) of dollars", r"per week", r"weekly income",
         r"\$\d[\d,]* (?:per|a|every) (?:week|month|day)", r"money back", r"cash advance",
-        r"investment opportunity", r"wire transfer", r"bank account details?",
-        r"beneficiary", r"next of kin", r"(?:usd|us\$) ?\d",
+        r"investment opportunity",
     ),
     "OFFER": (
         r"100% free", r"absolutely free", r"free (?:gift|trial|offer|quote|consultation|"
@@ -90,6 +90,19 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"no experience (?:needed|necessary|required)", r"part[- ]time", r"full[- ]time income",
         r"e-?mail marketing", r"bulk e-?mail", r"millions of (?:e-?mail )?addresses",
         r"targeted (?:e-?mail|list)s?", r"increase (?:your )?sales", r"marketing campaign",
+    ),
+    # Advance-fee fraud ("I am a highly placed official..."): not advertising, so not a
+    # PHRASE_ category: its symbols are ADVANCE_FEE and ADVANCE_FEE_MANY.
+    "ADVANCE_FEE": (
+        r"next of kin", r"beneficiary", r"wire transfer", r"bank account details?",
+        r"(?:usd|us\$) ?\d", r"(?:\d+(?:\.\d+)? )?million (?:united states |us )?dollars",
+        r"transfer (?:of )?(?:the|this) (?:funds?|sum|money)", r"foreign (?:partner|account)",
+        r"strict(?:est)? confidence", r"confidential (?:business|transaction)",
+        r"government of nigeria", r"federal republic", r"central bank", r"over-?invoiced",
+        r"(?:late|deceased) (?:husband|father|client)", r"legitimate (?:transaction|business)",
+        r"your (?:kind )?assistance", r"dear partner", r"modalities", r"reliable partner",
+        r"\d\d ?% (?:of the (?:total )?(?:sum|fund)|for you)", r"security company",
+        r"diplomatic", r"trusted (?:foreign )?partner", r"god bless",
     ),
     "GREETING": (
         r"dear (?:friend|sir|madam|sir/madam|sir or madam|valued (?:customer|member))",
@@ -153,9 +166,10 @@ def normalise(text: str) -> str:
 def phrase_symbols(text: str) -> list[Symbol]:
     symbols: list[Symbol] = []
     for category, found in sorted(phrase_counts(normalise(text)).items()):
-        symbols.append(Symbol(f"PHRASE_{category}"))
+        name = category if category == "ADVANCE_FEE" else f"PHRASE_{category}"
+        symbols.append(Symbol(name))
         if found >= MANY:
-            symbols.append(Symbol(f"PHRASE_{category}_MANY"))
+            symbols.append(Symbol(f"{name}_MANY"))
     return symbols
 
 

@@ -1,16 +1,17 @@
 """Received-chain heuristics: how the message says it travelled, and where that is odd.
 
 Every relay prepends a Received header; spamware that sends direct from a botnet host or
-forges hops leaves tell-tale shapes (symbols are names only, no addresses or hosts):
+forges hops leaves tell-tale shapes (symbols are names only, no addresses or hosts).
+The first four rules look at the topmost hop from a public address by SMTP, the last
+relay outside the receiving site (in the milter: the client our Postfix recorded):
 
-* RCVD_HELO_IP_LITERAL: a hop from a public address whose HELO was a bare IP address
-  (a real mail server greets with its name).
-* RCVD_NO_RDNS: a hop from a public address without reverse DNS ("unknown", or only the
-  bracketed address).
-* RCVD_DYNAMIC_RDNS: the reverse name of a public hop looks like an access line (its
-  address digits in the name, or dsl/dialup/ppp/pool/dhcp/cable-style words): end-user
-  machines, not mail servers.
-* RCVD_HELO_NO_DOT: a public hop that greeted with a bare single-label name.
+* RCVD_HELO_IP_LITERAL: its HELO was a bare IP address (a mail server greets with its
+  name).
+* RCVD_NO_RDNS: it had no reverse DNS ("unknown", or only the bracketed address).
+* RCVD_DYNAMIC_RDNS: its reverse name looks like an access line (its address digits in
+  the name, or dsl/dialup/ppp/pool/dhcp/cable-style words): end-user machines, not mail
+  servers, delivering straight to us.
+* RCVD_HELO_NO_DOT: it greeted with a bare single-label name.
 * RCVD_OUT_OF_ORDER: an older hop is dated more than 12 hours after the hop above it:
   hops that were made up (a clock off by a few hours is common and not scored).
 * FORGED_FREEMAIL_RCVD: From is a large freemail provider but no hop mentions its
@@ -136,16 +137,21 @@ def hop_symbols(hops: Sequence[Hop]) -> list[Symbol]:
     for hop in hops:
         if not hop.smtp or not _is_public(hop.address):
             continue
+        # Only the topmost public hop: the last relay outside the receiving site.  In
+        # the milter that is the hop our own Postfix wrote (the real client); the hops
+        # below it are what the sender and its relays wrote about themselves, and a
+        # user's dial-up PC handing mail to its provider's relay is ordinary there.
         if _IPV4.fullmatch(hop.helo):
             found.setdefault("RCVD_HELO_IP_LITERAL", Symbol("RCVD_HELO_IP_LITERAL"))
         elif hop.helo and "." not in hop.helo and hop.helo.lower() != "unknown":
             found.setdefault("RCVD_HELO_NO_DOT", Symbol("RCVD_HELO_NO_DOT"))
         if not hop.rdns_known:
-            continue
+            break
         if not hop.rdns or _IPV4.fullmatch(hop.rdns):
             found.setdefault("RCVD_NO_RDNS", Symbol("RCVD_NO_RDNS"))
         elif _looks_dynamic(hop.rdns, hop.address):
             found.setdefault("RCVD_DYNAMIC_RDNS", Symbol("RCVD_DYNAMIC_RDNS"))
+        break
     for newer, older in itertools.pairwise(hops):
         if (newer.stamp is not None and older.stamp is not None
                 and older.stamp > newer.stamp + OUT_OF_ORDER_SLACK):
