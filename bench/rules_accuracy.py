@@ -28,7 +28,7 @@ from mailward.model import Connection, Symbol
 from mailward.scoring import score_symbols
 
 RULE_CHECKS = ("mime", "gtube", "headers", "content", "received", "header_forms", "mime_form",
-               "html_style", "url_forms", "phrases")
+               "html_style", "url_forms", "phrases", "advertising")
 PARTS = (("easy-ham-1", False, "tuning"), ("spam-1", True, "tuning"),
          ("easy-ham-2", False, "held out"), ("hard-ham-1", False, "held out"),
          ("spam-2", True, "held out"))

@@ -15,10 +15,13 @@ choices, all made before any held-out result was seen:
 * weights are >= 0: a heuristic only ever adds evidence (a spammer must not be able to
   buy points back by adding a header), and <= `CAP` (4.0, less than `required`): no
   single heuristic flags a message on its own, two independent ones must agree;
-* the advertising family (`BULK_FORM`: HTML-only, unsubscribe links, phrases, offers,
-  big fonts...) is capped at `BULK_CAP` (1.0): wanted newsletters and shop mail share
-  it, and the tuning ham (personal and mailing-list mail) has almost none, so an
-  unconstrained fit would make it decisive;
+* the advertising family (mailward/checks/advertising.py: HTML-only, unsubscribe links,
+  phrases, offers, big fonts...) weighs 0 symbol by symbol; its cumulative grades
+  ADVERTISING_3/6/9/12 are fitted with a cap of (required - 1) / 4 each, so advertising
+  alone stays a point under `required` and needs a sign of deception to flag: wanted
+  newsletters and shop mail share the family, and the tuning ham (personal and
+  mailing-list mail) has almost none of it, so an unconstrained fit would make it
+  decisive;
 * a symbol fires at least `MIN_SUPPORT` times in the tuning parts to be fitted; rarer
   ones (attachments, GTUBE, authentication, lists) keep the hand-set weight;
 * ham errors cost `ham_cost` times a spam error, with `ham_cost` chosen by 5-fold
@@ -42,39 +45,19 @@ from pathlib import Path
 
 from bench.bayes.accuracy import corpus_dir, messages
 from bench.rules_accuracy import symbol_names
+from mailward.checks.advertising import GRADE_SYMBOLS, in_family
 from mailward.scoring import DEFAULT_WEIGHTS, ScoringSettings
 
 TUNING = (("easy-ham-1", False), ("spam-1", True))
 CAP = 4.0
 MIN_SUPPORT = 5
 FP_TARGET = 0.003
-BULK_CAP = 1.0
 TEMPERATURE = 1.0
 L2 = 0.002
 HAM_COSTS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 STEPS = 1500
 LEARNING_RATE = 0.05
 FOLDS = 5
-
-#: The advertising family: layout and language that solicited bulk mail (newsletters and
-#: shop mail people signed up for) shares with spam.  The tuning ham (personal and
-#: mailing-list mail) has almost none of it, so an unconstrained fit makes these look
-#: decisive, and wanted newsletters then score as spam.  Each is capped at BULK_CAP, so
-#: that advertising alone stays under `required` and a deception sign (forged headers,
-#: a botnet hop, hidden text, a tracking token, Bcc to strangers) has to add to it.
-#: Every PHRASE_* symbol belongs to the family too.
-BULK_FORM = frozenset({
-    "HTML_ONLY", "HTML_FONT_HEAVY", "HTML_BIG_FONT", "HTML_FORM", "HTML_SCRIPT",
-    "HTML_UPPERCASE_TAGS", "HTML_LINK_CLICK_HERE", "HTML_IMAGES_LITTLE_TEXT",
-    "MIME_ALT_TEXT_STUB", "URL_UNSUBSCRIBE", "URL_LONG_QUERY", "URL_REDIRECT",
-    "BODY_DOLLAR_AMOUNTS", "BODY_TOLL_FREE", "BODY_EXCLAIM_MANY", "BODY_CAPS_HEAVY",
-    "SUBJECT_SPAM_PHRASE", "SUBJECT_ALL_CAPS", "SUBJECT_EXCESS_PUNCT",
-})
-
-
-def is_bulk_form(name: str) -> bool:
-    return name in BULK_FORM or name.startswith("PHRASE_")
-
 
 #: Symbols whose weight is a decision, not a fit (forced actions, files that run).
 HAND_SET = frozenset({
@@ -191,15 +174,16 @@ def main(argv: list[str] | None = None) -> int:
         labelled.extend((message_names, is_spam) for message_names in names)
     support = collections.Counter(name for names, _ in labelled for name in names)
     fitted = sorted(name for name, count in support.items()
-                    if count >= MIN_SUPPORT and name not in HAND_SET)
+                    if count >= MIN_SUPPORT and name not in HAND_SET and not in_family(name))
     index = {name: position for position, name in enumerate(fitted)}
     rows = [(tuple(sorted(index[name] for name in names if name in index)), is_spam)
             for names, is_spam in labelled]
-    fixed = [sum(DEFAULT_WEIGHTS.get(name, 0.0) for name in names if name not in index)
-             for names, _ in labelled]
+    fixed = [sum(DEFAULT_WEIGHTS.get(name, 0.0) for name in names
+                 if name not in index and not in_family(name)) for names, _ in labelled]
     print(f"tuning on {', '.join(part for part, _ in TUNING)}: {len(rows)} messages, "
           f"{len(fitted)} symbols fitted (support >= {MIN_SUPPORT})")
-    caps = [BULK_CAP if is_bulk_form(name) else CAP for name in fitted]
+    grade_cap = (required - 1.0) / len(GRADE_SYMBOLS)
+    caps = [grade_cap if name in GRADE_SYMBOLS else CAP for name in fitted]
     ham_cost = choose_ham_cost(rows, fixed, caps, required)
     weights = [round(weight, 1) for weight in fit_rows(rows, fixed, caps, ham_cost, required)]
     recall, fp = rates(rows, fixed, weights, required)
@@ -210,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     spam_support = collections.Counter(n for names, spam in labelled if spam for n in names)
     for name, weight in zip(fitted, weights, strict=True):
         print(f'    "{name}": {weight},  # {ham_support[name]}/{spam_support[name]}')
+    family = sorted(name for name in support if in_family(name))
+    print("advertising family (weight 0, counted by ADVERTISING_*):", ", ".join(family))
     return 0
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailward.checks import (
+    advertising,
     arc,
     bayes,
     content,
@@ -65,6 +66,7 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     htmlstyle.SPEC,
     urlforms.SPEC,
     phrases.SPEC,
+    advertising.SPEC,
 )
 
 

@@ -93,7 +93,7 @@ def test_shipped_registry_order_is_the_a_r_order() -> None:
     checks = build_inbound_checks(Settings(), InMemoryResolver())
     assert names(checks) == ["iprev", "spf", "dkim", "arc", "dmarc", "mime", "gtube",
                             "headers", "content", "received", "header_forms", "mime_form",
-                            "html_style", "url_forms", "phrases"]
+                            "html_style", "url_forms", "phrases", "advertising"]
 
 
 def test_registry_names_and_result_keys_are_unique() -> None:
