@@ -6,13 +6,17 @@ display name); this module looks at the shape of the rest (symbols are names onl
 * TO_MISSING / TO_UNDISCLOSED: no To at all, or an empty / "undisclosed recipients"
   group: the message was sent to a list of strangers in Bcc.
 * TO_MANY: To and Cc name more than `MANY_RECIPIENTS` addresses.
+* TO_EQ_FROM: To is the From address itself (the real recipients are hidden in Bcc).
+* SUBJECT_NAMES_RECIPIENT: the Subject addresses the recipient by the local part of
+  their address ("bob, your account"): a mail merge over harvested addresses.
 * FROM_LOCAL_DIGITS: the From local part ends in four or more digits (throw-away
   accounts: `kim20394@...`).
 * SUBJECT_RE_NO_THREAD: Subject starts "Re:" but there is neither In-Reply-To nor
   References: a fake reply, made to look like a conversation.
 * SUBJECT_TRAILING_ID: the Subject ends in a tracking token that the sender appends per
   recipient: a word after a run of three or more spaces, a letters-and-digits code
-  (two or more of each), or a number after two or more spaces.
+  (two or more of each), a number after two or more spaces, or a vowel-less random word
+  of five or more letters.
 * SUBJECT_MISSING: no Subject, or an empty one.
 * HEADER_8BIT: raw 8-bit bytes in Subject or From instead of RFC 2047 encoded words.
 * MAILER_OUTLOOK_FORGED: X-Mailer names a Windows Outlook (Express) but the Message-ID is
@@ -47,7 +51,7 @@ _LOCAL_DIGITS = re.compile(r"\d{4,}$")
 _REPLY = re.compile(r"^\s*(?:re|aw|sv)\s*(?:\[\d+\])?\s*:", re.I)
 _TRAILING_ID = re.compile(
     r"(?:\S\s{3,}\S+|\s[-#(\[]?(?=(?:[A-Za-z]*\d){2})(?=(?:\d*[A-Za-z]){2})[A-Za-z0-9]{5,}"
-    r"[)\]]?|\S\s{2,}[-#(\[]?\d{3,}(?:[.-]\d+)*[)\]]?)\s*$")
+    r"[)\]]?|\S\s{2,}[-#(\[]?\d{3,}(?:[.-]\d+)*[)\]]?|\s[b-df-hj-np-tv-xz]{5,})\s*$")
 _FOLDING = re.compile(r"\r?\n[ \t]+")
 #: The Windows Outlook versions whose Message-IDs have the `<12hex$8hex$8hex@host>` form
 #: (the Macintosh editions and Outlook 2000's internet mode write other forms).
@@ -80,6 +84,26 @@ def recipient_symbols(to_values: Sequence[str], cc_values: Sequence[str]) -> lis
     count = sum(len(_ADDRESS.findall(value)) for value in (*to_values, *cc_values))
     if count > MANY_RECIPIENTS:
         symbols.append(Symbol("TO_MANY"))
+    return symbols
+
+
+def _addresses(values: Sequence[str]) -> list[str]:
+    return [address.lower() for value in values for address in _ADDRESS.findall(value)]
+
+
+def addressing_symbols(to_values: Sequence[str], from_value: str | None,
+                       subject_value: str | None) -> list[Symbol]:
+    symbols: list[Symbol] = []
+    to_addresses = _addresses(to_values)
+    from_addresses = _addresses([from_value]) if from_value else []
+    if len(to_addresses) == 1 and to_addresses == from_addresses:
+        symbols.append(Symbol("TO_EQ_FROM"))
+    if subject_value:
+        subject = decode_header_text(subject_value).lower()
+        locals_ = {address.partition("@")[0].strip("<>\"'") for address in to_addresses[:5]}
+        if any(len(local) >= 3 and re.search(rf"(?<![\w.-]){re.escape(local)}\s*,", subject)
+               for local in locals_):
+            symbols.append(Symbol("SUBJECT_NAMES_RECIPIENT"))
     return symbols
 
 
@@ -171,6 +195,7 @@ class HeaderFormHeuristics(RuleCheck):
         return RuleFindings(tuple([
             *recipient_symbols(_values(transaction, "To")[:20], _values(transaction, "Cc")[:20]),
             *from_symbols(from_value),
+            *addressing_symbols(_values(transaction, "To")[:20], from_value, subject),
             *subject_symbols(subject, threaded),
             *eight_bit_symbols((subject, from_value)),
             *mailer_symbols(transaction),

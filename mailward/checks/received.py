@@ -14,6 +14,10 @@ relay outside the receiving site (in the milter: the client our Postfix recorded
 * RCVD_HELO_NO_DOT: it greeted with a bare single-label name.
 * RCVD_OUT_OF_ORDER: an older hop is dated more than 12 hours after the hop above it:
   hops that were made up (a clock off by a few hours is common and not scored).
+* MID_ADDED_BY_RELAY: the Message-ID's domain is the name of a receiving server (a
+  "by" host down to the one that took the message from the last external relay; in the
+  milter, our own Postfix): the sender wrote none and our side had to add it, which
+  mail programs never leave to the recipient's servers and bulk scripts do.
 * FORGED_FREEMAIL_RCVD: From is a large freemail provider but no hop mentions its
   mail servers: webmail of those providers always relays through them.
 
@@ -55,6 +59,8 @@ FREEMAIL_RELAYS: dict[str, tuple[str, ...]] = {
 _FROM_PART = re.compile(r"^\s*from\s+(.*?)(?:\s+by\s|;|$)", re.I | re.S)
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")
 _RDNS = re.compile(r"\(\s*(?:[^\s()@]+@)?([A-Za-z0-9._-]+)\s*\[", re.I)
+_BY_HOST = re.compile(r"\bby\s+([A-Za-z0-9][A-Za-z0-9.-]{0,252})", re.I)
+_MID_DOMAIN = re.compile(r"@([A-Za-z0-9][A-Za-z0-9.-]{0,252})>\s*$")
 _PROTOCOL = re.compile(r"\swith\s+([A-Za-z0-9_-]+)", re.I)
 _HELO_WORD = re.compile(r"\(\s*helo[= ]\s*([^\s()]+)|helo=([^\s()]+)", re.I)
 _DYNAMIC_WORDS = re.compile(
@@ -176,6 +182,32 @@ def forged_freemail_symbols(transaction: Transaction, received: Sequence[str]) -
     return []
 
 
+def receiving_hosts(received: Sequence[str], hops: Sequence[Hop]) -> set[str]:
+    """The "by" hosts of the receiving site: the Received headers from the top down to
+    the one recording the topmost public SMTP client, inclusive.  Empty when no hop came
+    from outside (mail made on the site itself, such as cron's, gets its Message-ID from
+    the local server, rightly)."""
+    hosts: set[str] = set()
+    for value, hop in zip(received, hops, strict=True):
+        by = _BY_HOST.search(" ".join(value.split()))
+        if by is not None:
+            hosts.add(by.group(1).lower().rstrip("."))
+        if hop.smtp and _is_public(hop.address):
+            return hosts
+    return set()
+
+
+def relay_message_id_symbols(transaction: Transaction, received: Sequence[str],
+                             hops: Sequence[Hop]) -> list[Symbol]:
+    for _, header in transaction.headers_named("Message-ID"):
+        domain = _MID_DOMAIN.search(header.value[:MAX_HEADER_CHARS])
+        if domain is None or "." not in domain.group(1):
+            return []
+        relays = receiving_hosts(received, hops)
+        return [Symbol("MID_ADDED_BY_RELAY")] if domain.group(1).lower() in relays else []
+    return []
+
+
 RESULT: ResultKey[RuleFindings] = ResultKey("received")
 
 
@@ -191,7 +223,8 @@ class ReceivedHeuristics(RuleCheck):
                     itertools.islice(transaction.headers_named("Received"), MAX_HOPS)]
         hops = [parse_hop(value) for value in received]
         return RuleFindings(tuple([*hop_symbols(hops),
-                                   *forged_freemail_symbols(transaction, received)]))
+                                   *forged_freemail_symbols(transaction, received),
+                                   *relay_message_id_symbols(transaction, received, hops)]))
 
 
 def _build(context: BuildContext[None]) -> ReceivedHeuristics | None:

@@ -131,6 +131,15 @@ def test_received_rules() -> None:
                             ) == ["RCVD_OUT_OF_ORDER"]
 
 
+def test_message_id_written_by_a_relay() -> None:
+    relayed = with_header(ORDINARY, "Message-ID", "<200209231524.QAA15255@mx.example.net>")
+    assert run(received.ReceivedHeuristics(), relayed) == ["MID_ADDED_BY_RELAY"]
+    assert run(received.ReceivedHeuristics(), ORDINARY) == []  # mail.example.org is the client
+    local = with_header(relayed, "Received", "from localhost (localhost [127.0.0.1]) by "
+                                             f"mx.example.net (Postfix) with ESMTP; {DATE}")
+    assert run(received.ReceivedHeuristics(), local) == []  # made here: ours to number
+
+
 def test_freemail_from_without_its_relays_is_forged() -> None:
     forged = with_header(ORDINARY, "From", "Kim <kim@hotmail.com>")
     assert run(received.ReceivedHeuristics(), forged) == ["FORGED_FREEMAIL_RCVD"]
@@ -166,7 +175,13 @@ def test_from_and_subject_rules() -> None:
         "SUBJECT_TRAILING_ID"]
     assert form_symbols(with_header(ORDINARY, "Subject", "Your quote QX7K2P")) == [
         "SUBJECT_TRAILING_ID"]
+    assert form_symbols(with_header(ORDINARY, "Subject", "Auto warranties here hvgxs")) == [
+        "SUBJECT_TRAILING_ID"]
     assert form_symbols(with_header(ORDINARY, "Subject", "Release 2.5 is out")) == []
+    assert form_symbols(with_header(ORDINARY, "Subject", "bob,Hello there")) == [
+        "SUBJECT_NAMES_RECIPIENT"]
+    assert form_symbols(with_header(ORDINARY, "Subject", "Hello bob")) == []
+    assert form_symbols(with_header(ORDINARY, "To", "alice@example.org")) == ["TO_EQ_FROM"]
     assert form_symbols(with_header(ORDINARY, "Subject", None)) == ["SUBJECT_MISSING"]
     assert form_symbols(with_header(ORDINARY, "Subject", "Gr\udce4\udcdfe")) == ["HEADER_8BIT"]
     assert form_symbols(with_header(ORDINARY, "Subject", "=?utf-8?q?Gr=C3=BC=C3=9Fe?=")) == []
