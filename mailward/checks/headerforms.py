@@ -15,7 +15,8 @@ display name); this module looks at the shape of the rest (symbols are names onl
   References: a fake reply, made to look like a conversation.
 * SUBJECT_TRAILING_ID: the Subject ends in a tracking token that the sender appends per
   recipient: a word after a run of three or more spaces, a letters-and-digits code
-  (two or more of each), a number after two or more spaces, or a vowel-less random word
+  (5-12 characters, two or more of each, not all hex digits: commit and ticket ids in
+  notifications are hex), a number after two or more spaces, or a vowel-less random word
   of five or more letters.
 * SUBJECT_MISSING: no Subject, or an empty one.
 * HEADER_8BIT: raw 8-bit bytes in Subject or From instead of RFC 2047 encoded words.
@@ -50,7 +51,8 @@ _ADDRESS = re.compile(r"[^\s<>,;:\"]+@[^\s<>,;:\"]+")
 _LOCAL_DIGITS = re.compile(r"\d{4,}$")
 _REPLY = re.compile(r"^\s*(?:re|aw|sv)\s*(?:\[\d+\])?\s*:", re.I)
 _TRAILING_ID = re.compile(
-    r"(?:\S\s{3,}\S+|\s[-#(\[]?(?=(?:[A-Za-z]*\d){2})(?=(?:\d*[A-Za-z]){2})[A-Za-z0-9]{5,}"
+    r"(?:\S\s{3,}\S+|\s[-#(\[]?(?=(?:[A-Za-z]*\d){2})(?=(?:\d*[A-Za-z]){2})"
+    r"(?![0-9A-Fa-f]+\b)[A-Za-z0-9]{5,12}\b"
     r"[)\]]?|\S\s{2,}[-#(\[]?\d{3,}(?:[.-]\d+)*[)\]]?|\s[b-df-hj-np-tv-xz]{5,})\s*$")
 _FOLDING = re.compile(r"\r?\n[ \t]+")
 #: The Windows Outlook versions whose Message-IDs have the `<12hex$8hex$8hex@host>` form

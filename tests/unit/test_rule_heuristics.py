@@ -178,6 +178,9 @@ def test_from_and_subject_rules() -> None:
     assert form_symbols(with_header(ORDINARY, "Subject", "Auto warranties here hvgxs")) == [
         "SUBJECT_TRAILING_ID"]
     assert form_symbols(with_header(ORDINARY, "Subject", "Release 2.5 is out")) == []
+    assert form_symbols(with_header(ORDINARY, "Subject", "Build 3f2a9c1 failed")) == []
+    uuid_subject = "ordinary 6f1e0c3b9d2a4e7f8a6b5c4d3e2f1a0b"  # the integration tests'
+    assert form_symbols(with_header(ORDINARY, "Subject", uuid_subject)) == []
     assert form_symbols(with_header(ORDINARY, "Subject", "bob,Hello there")) == [
         "SUBJECT_NAMES_RECIPIENT"]
     assert form_symbols(with_header(ORDINARY, "Subject", "Hello bob")) == []
