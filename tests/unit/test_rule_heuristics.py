@@ -11,13 +11,23 @@ import time
 
 import pytest
 
-from mailward.checks import headerforms, headers, htmlstyle, mimeform, phrases, received, urlforms
+from mailward.checks import (
+    advertising,
+    headerforms,
+    headers,
+    htmlstyle,
+    mimeform,
+    phrases,
+    received,
+    urlforms,
+)
 from mailward.checks.base import Check, CheckInput, Results
 from mailward.checks.mime import RESULT as MIME_RESULT
 from mailward.checks.mime import MimeView
 from mailward.checks.rulebase import RuleFindings
 from mailward.messagefile import transaction_from_bytes
 from mailward.model import Connection
+from mailward.scoring import DEFAULT_WEIGHTS, ScoringSettings
 
 NOW = time.time()
 DATE = email.utils.formatdate(NOW)
@@ -340,3 +350,41 @@ def test_text_style_and_subject_rules() -> None:
     assert phrase_symbols("ADV: new catalogue", "Look") == ["SUBJECT_ADV"]
     assert phrase_symbols("Save 50% on ink", "Look") == ["SUBJECT_SPAM_PHRASE"]
     assert phrase_symbols("Advice on the release", "Look") == []
+
+
+# --------------------------------------------------------------------------- advertising
+
+
+def test_advertising_grades_count_the_family_cumulatively() -> None:
+    assert advertising.grade_symbols(["HTML_ONLY", "PHRASE_OFFER"]) == ()
+    names = ["HTML_ONLY", "PHRASE_OFFER", "URL_UNSUBSCRIBE", "MAILER_OUTLOOK_FORGED"]
+    assert [s.name for s in advertising.grade_symbols(names)] == ["ADVERTISING_3"]
+    many = [*(f"PHRASE_{n}" for n in ("MONEY", "OFFER", "URGENCY", "BULK_FOOTER")),
+            "HTML_ONLY", "HTML_BIG_FONT", "SUBJECT_SPAM_PHRASE", "PHRASE_OFFER"]  # one twice
+    assert [s.name for s in advertising.grade_symbols(many)] == ["ADVERTISING_3",
+                                                                 "ADVERTISING_6"]
+
+
+def test_advertising_check_reads_the_other_rule_checks_results() -> None:
+    raw = html('<p><font size="+4">BIG</font> <a href="https://x.example/">Click here</a> '
+               "to order now. Limited time. " + "text " * 100 + "</p>")
+    transaction = transaction_from_bytes(raw, recipients=("bob@example.net",))
+    results = Results().with_result(MIME_RESULT, MimeView(transaction))
+    for check in (htmlstyle.HtmlStyleHeuristics(), phrases.PhraseHeuristics()):
+        found = check.evaluate(CheckInput(Connection(client_ip=None), transaction, results))
+        results = results.with_result(check.produces, found)
+    graded = advertising.AdvertisingGrade().evaluate(
+        CheckInput(Connection(client_ip=None), transaction, results))
+    # HTML_BIG_FONT, HTML_LINK_CLICK_HERE, PHRASE_CALL_TO_ACTION, PHRASE_OFFER, PHRASE_URGENCY
+    assert [s.name for s in graded.symbols] == ["ADVERTISING_3"]
+    empty = advertising.AdvertisingGrade().evaluate(
+        CheckInput(Connection(client_ip=None), transaction, Results()))
+    assert empty.symbols == ()
+
+
+def test_advertising_alone_stays_under_required_with_the_shipped_weights() -> None:
+    settings = ScoringSettings()
+    family = [name for name in DEFAULT_WEIGHTS if advertising.in_family(name)]
+    assert family and all(DEFAULT_WEIGHTS[name] == 0.0 for name in family)
+    grades = sum(DEFAULT_WEIGHTS[name] for name in advertising.GRADE_SYMBOLS)
+    assert 0.0 < grades < settings.required
