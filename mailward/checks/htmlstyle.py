@@ -34,7 +34,7 @@ from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey,
 from mailward.checks.rulebase import RuleCheck, RuleFindings
 from mailward.mime import TextPart
 
-MAX_HTML_CHARS = 256 * 1024
+MAX_HTML_CHARS = 64 * 1024
 MAX_TAGS = 20000
 FONT_HEAVY = 15
 IMAGE_TEXT_CHARS = 300

@@ -30,7 +30,7 @@ from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey,
 from mailward.checks.rulebase import RuleCheck, RuleFindings
 from mailward.mime import decode_header_text
 
-MAX_TEXT_CHARS = 64 * 1024
+MAX_TEXT_CHARS = 32 * 1024
 MANY = 3
 
 #: Category -> phrases (regular-expression fragments, lower case, matched on word
