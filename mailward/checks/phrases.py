@@ -12,7 +12,7 @@ bench/tune_weights.py.
 
 Text style:
 
-* BODY_CAPS_HEAVY: a third or more of the letters are capitals (in 200 letters or more).
+* BODY_CAPS_HEAVY: a third or more of the (ASCII) letters are capitals, in 200 or more.
 * BODY_EXCLAIM_MANY: "!!!" or ten or more exclamation marks.
 * BODY_DOLLAR_AMOUNTS: three or more dollar amounts.
 * BODY_TOLL_FREE: a North American toll-free number (call-now advertising).
@@ -120,22 +120,85 @@ SUBJECT_WORDS = re.compile(
 
 @dataclass(frozen=True)
 class _Phrase:
-    """One compiled phrase; `literal` is its plain-text start (a cheap substring test
-    that rules most phrases out before the regular expression runs), "" if none."""
+    """One compiled phrase; `literals` are plain-text starts of which one must be in the
+    text for the phrase to match (a cheap substring test that rules most phrases out
+    before the regular expression runs); empty when the phrase starts with a class."""
 
     category: str
     pattern: re.Pattern[str]
-    literal: str
+    literals: tuple[str, ...]
+
+
+def _literal_prefix(fragment: str) -> str:
+    """The plain text a fragment starts with ("\\$" is a plain "$")."""
+    prefix = ""
+    index = 0
+    while index < len(fragment):
+        char = fragment[index]
+        if fragment.startswith("\\$", index):
+            prefix, index = prefix + "$", index + 2
+            continue
+        if not (char.isalnum() or char in " '-%/"):
+            break
+        prefix, index = prefix + char, index + 1
+    if prefix and fragment[index:index + 1] in ("?", "*", "{"):
+        prefix = prefix[:-1]  # the last character is optional or repeated
+    return prefix.rstrip()
+
+
+def _leading_alternatives(fragment: str) -> list[str] | None:
+    """The branches of a leading "(?:a|b)" group, each followed by the rest of the
+    fragment, or None when the fragment does not start with such a group."""
+    if not fragment.startswith("(?:"):
+        return None
+    depth = 1
+    branches: list[str] = []
+    current = ""
+    for index in range(3, len(fragment)):
+        char = fragment[index]
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                rest = fragment[index + 1:]
+                if rest[:1] in ("?", "*", "{"):
+                    return None  # the group itself is optional
+                return [branch + rest for branch in [*branches, current]]
+        elif char == "|" and depth == 1:
+            branches.append(current)
+            current = ""
+            continue
+        current += char
+    return None
+
+
+def _literals(fragment: str) -> tuple[str, ...]:
+    branches = _leading_alternatives(fragment)
+    if branches is None:
+        prefix = _literal_prefix(fragment)
+        return (prefix,) if prefix else ()
+    prefixes = [_literal_prefix(branch) for branch in branches]
+    return tuple(prefixes) if all(prefixes) else ()
 
 
 def _compile(category: str, fragment: str) -> _Phrase:
-    literal = re.match(r"[a-z0-9 ']*", fragment)
-    prefix = literal.group(0) if literal else ""
-    if prefix and fragment[len(prefix):len(prefix) + 1] not in ("", " ", "(", "\\"):
-        prefix = prefix[:-1]  # the last character is quantified ("s?", "e*")
     # A phrase that ends in "$" or a digit class is followed by digits ("earn $500").
     tail = "" if fragment.endswith(("$", r"\d")) else r"(?!\w)"
-    return _Phrase(category, re.compile(rf"(?<!\w){fragment}{tail}"), prefix.rstrip())
+    # No leading (?<!\w): the engine then scans for the literal start at C speed; the
+    # word boundary before the match is checked by `_found`.
+    return _Phrase(category, re.compile(rf"{fragment}{tail}"), _literals(fragment))
+
+
+def _found(pattern: re.Pattern[str], text: str) -> bool:
+    """Whether `pattern` matches in `text` at the start of a word."""
+    match = pattern.search(text)
+    while match is not None:
+        start = match.start()
+        if start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+            return True
+        match = pattern.search(text, start + 1)
+    return False
 
 
 _PHRASES = tuple(_compile(category, fragment)
@@ -143,6 +206,8 @@ _PHRASES = tuple(_compile(category, fragment)
 _DOLLAR_AMOUNT = re.compile(r"\$\s?\d")
 _TOLL_FREE = re.compile(r"(?<!\d)(?:1[-. ]?)?\(?8(?:00|88|77|66)\)?[-. ]?\d{3}[-. ]?\d{4}(?!\d)")
 _SPACES = re.compile(r"\s+")
+_CAPITALS = re.compile(r"[A-Z]")
+_SMALL_LETTERS = re.compile(r"[a-z]")
 _ADV = re.compile(r"^\s*[\[(]?adv\b", re.I)
 
 
@@ -151,9 +216,9 @@ def phrase_counts(text: str) -> dict[str, int]:
     space runs as one space: see `normalise`)."""
     counts: dict[str, int] = {}
     for phrase in _PHRASES:
-        if phrase.literal and phrase.literal not in text:
+        if phrase.literals and not any(literal in text for literal in phrase.literals):
             continue
-        if phrase.pattern.search(text):
+        if _found(phrase.pattern, text):
             counts[phrase.category] = counts.get(phrase.category, 0) + 1
     return counts
 
@@ -175,8 +240,10 @@ def phrase_symbols(text: str) -> list[Symbol]:
 
 def style_symbols(text: str) -> list[Symbol]:
     symbols: list[Symbol] = []
-    letters = [char for char in text if char.isalpha()]
-    if len(letters) >= 200 and 3 * sum(char.isupper() for char in letters) >= len(letters):
+    # ASCII letters only: counted by the regular expression engine, not a Python loop.
+    capitals = len(_CAPITALS.findall(text))
+    letters = capitals + len(_SMALL_LETTERS.findall(text))
+    if letters >= 200 and 3 * capitals >= letters:
         symbols.append(Symbol("BODY_CAPS_HEAVY"))
     if "!!!" in text or text.count("!") >= 10:
         symbols.append(Symbol("BODY_EXCLAIM_MANY"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import ipaddress
+import re
 import time
 
 import pytest
@@ -388,3 +389,16 @@ def test_advertising_alone_stays_under_required_with_the_shipped_weights() -> No
     assert family and all(DEFAULT_WEIGHTS[name] == 0.0 for name in family)
     grades = sum(DEFAULT_WEIGHTS[name] for name in advertising.GRADE_SYMBOLS)
     assert 0.0 < grades < settings.required
+
+
+def test_phrase_prefilter_never_hides_a_match() -> None:
+    text = phrases.normalise(
+        "Reduce your monthly payments! Millions of dollars, 50% off, reply here to be "
+        "removed, USD 500, 2.5 million US dollars, deceased client, 30% for you, "
+        "don't wait, pre-approved, opt-in list, 100% free, you've been selected")
+    unfiltered: dict[str, int] = {}
+    for phrase in phrases._PHRASES:
+        if re.search(rf"(?<!\w)(?:{phrase.pattern.pattern})", text):
+            unfiltered[phrase.category] = unfiltered.get(phrase.category, 0) + 1
+    assert phrases.phrase_counts(text) == unfiltered
+    assert sum(unfiltered.values()) >= 12
