@@ -3,7 +3,9 @@
 Every relay prepends a Received header; spamware that sends direct from a botnet host or
 forges hops leaves tell-tale shapes (symbols are names only, no addresses or hosts).
 The first four rules look at the topmost hop from a public address by SMTP, the last
-relay outside the receiving site (in the milter: the client our Postfix recorded):
+relay outside the receiving site.  In the milter that is the SMTP client itself, from
+the connection (Postfix hands its own Received line to no milter); for a message file
+without a client (explain, the corpus) it is read from the headers:
 
 * RCVD_HELO_IP_LITERAL: its HELO was a bare IP address (a mail server greets with its
   name).
@@ -38,7 +40,7 @@ from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey,
 from mailward.checks.headers import parse_timestamp
 from mailward.checks.rulebase import RuleCheck, RuleFindings
 from mailward.fromheader import parse_from
-from mailward.model import Transaction
+from mailward.model import Connection, Transaction
 
 MAX_HOPS = 12
 MAX_HEADER_CHARS = 2000
@@ -84,6 +86,8 @@ class Hop:
     address: str
     stamp: float | None
     smtp: bool = True
+    #: The receiving server's name as the header gives it ("" when it does not).
+    by: str = ""
 
 
 def parse_hop(value: str) -> Hop:
@@ -98,9 +102,11 @@ def parse_hop(value: str) -> Hop:
     stamp = parse_timestamp(date_text) if semicolon else None
     protocol = _PROTOCOL.search(text)
     smtp = protocol is None or "smtp" in protocol.group(1).lower()
+    by_match = _BY_HOST.search(text)
+    by = by_match.group(1).lower().rstrip(".") if by_match else ""
     match = _FROM_PART.match(text)
     if match is None:
-        return Hop("", "", False, "", stamp, smtp)
+        return Hop("", "", False, "", stamp, smtp, by)
     clause = match.group(1)
     words = clause.split()
     first = words[0] if words else ""
@@ -120,7 +126,23 @@ def parse_hop(value: str) -> Hop:
         rdns, known = first.lower(), True  # Exim and qmail put the verified name first
     if rdns == "unknown":
         rdns = ""
-    return Hop(helo, rdns, known, address, stamp, smtp)
+    return Hop(helo, rdns, known, address, stamp, smtp, by)
+
+
+def connection_hop(connection: Connection, own_name: str) -> Hop | None:
+    """The hop into us as the MTA reported it, or None without an SMTP client.
+
+    Postfix hands its own Received line to no milter, so the headers start with what
+    the client wrote; the client's address, reverse name and HELO come from the
+    connection instead, and this hop goes on top of the chain.
+    """
+    if connection.client_ip is None:
+        return None
+    name = connection.client_name.lower().rstrip(".")
+    return Hop(helo=(connection.helo or "").strip().strip("[]"),
+               rdns="" if name in ("", "unknown") else name, rdns_known=True,
+               address=str(connection.client_ip), stamp=None, smtp=True,
+               by=own_name.lower())
 
 
 def _is_public(address: str) -> bool:
@@ -182,28 +204,26 @@ def forged_freemail_symbols(transaction: Transaction, received: Sequence[str]) -
     return []
 
 
-def receiving_hosts(received: Sequence[str], hops: Sequence[Hop]) -> set[str]:
+def receiving_hosts(hops: Sequence[Hop]) -> set[str]:
     """The "by" hosts of the receiving site: the Received headers from the top down to
     the one recording the topmost public SMTP client, inclusive.  Empty when no hop came
     from outside (mail made on the site itself, such as cron's, gets its Message-ID from
     the local server, rightly)."""
     hosts: set[str] = set()
-    for value, hop in zip(received, hops, strict=True):
-        by = _BY_HOST.search(" ".join(value.split()))
-        if by is not None:
-            hosts.add(by.group(1).lower().rstrip("."))
+    for hop in hops:
+        if hop.by:
+            hosts.add(hop.by)
         if hop.smtp and _is_public(hop.address):
             return hosts
     return set()
 
 
-def relay_message_id_symbols(transaction: Transaction, received: Sequence[str],
-                             hops: Sequence[Hop]) -> list[Symbol]:
+def relay_message_id_symbols(transaction: Transaction, hops: Sequence[Hop]) -> list[Symbol]:
     for _, header in transaction.headers_named("Message-ID"):
         domain = _MID_DOMAIN.search(header.value[:MAX_HEADER_CHARS])
         if domain is None or "." not in domain.group(1):
             return []
-        relays = receiving_hosts(received, hops)
+        relays = receiving_hosts(hops)
         return [Symbol("MID_ADDED_BY_RELAY")] if domain.group(1).lower() in relays else []
     return []
 
@@ -212,23 +232,32 @@ RESULT: ResultKey[RuleFindings] = ResultKey("received")
 
 
 class ReceivedHeuristics(RuleCheck):
-    """The Received-chain rules above; reads only the headers."""
+    """The Received-chain rules above: the headers, under the hop into us from the
+    connection (`own_name` is our name in that hop, `general.authserv_id`)."""
 
     name = "received"
     produces = RESULT
+
+    def __init__(self, own_name: str = "") -> None:
+        self._own_name = own_name
 
     def evaluate(self, check_input: CheckInput) -> RuleFindings:
         transaction = check_input.transaction
         received = [header.value[:MAX_HEADER_CHARS] for _, header in
                     itertools.islice(transaction.headers_named("Received"), MAX_HOPS)]
         hops = [parse_hop(value) for value in received]
+        ours = connection_hop(check_input.connection, self._own_name)
+        if ours is not None:
+            hops.insert(0, ours)
         return RuleFindings(tuple([*hop_symbols(hops),
                                    *forged_freemail_symbols(transaction, received),
-                                   *relay_message_id_symbols(transaction, received, hops)]))
+                                   *relay_message_id_symbols(transaction, hops)]))
 
 
 def _build(context: BuildContext[None]) -> ReceivedHeuristics | None:
-    return ReceivedHeuristics() if context.settings.scoring.enabled else None
+    if not context.settings.scoring.enabled:
+        return None
+    return ReceivedHeuristics(context.settings.general.authserv_id)
 
 
 SPEC: CheckSpec[None] = CheckSpec("received", _build)

@@ -402,3 +402,27 @@ def test_phrase_prefilter_never_hides_a_match() -> None:
             unfiltered[phrase.category] = unfiltered.get(phrase.category, 0) + 1
     assert phrases.phrase_counts(text) == unfiltered
     assert sum(unfiltered.values()) >= 12
+
+
+def connection_received_symbols(raw: bytes, connection: Connection) -> list[str]:
+    transaction = transaction_from_bytes(raw, recipients=("bob@example.net",))
+    check = received.ReceivedHeuristics(own_name="mx.example.net")
+    return sorted(s.name for s in check.evaluate(CheckInput(connection, transaction)).symbols)
+
+
+def test_the_hop_into_us_comes_from_the_connection() -> None:
+    # Postfix hands the milter no Received line of its own: the client is the last hop.
+    bot = Connection(client_ip=ipaddress.ip_address("81.2.69.160"), client_name="unknown",
+                     helo="[81.2.69.160]")
+    no_received = with_header(ORDINARY, "Received", None)
+    assert connection_received_symbols(no_received, bot) == ["RCVD_HELO_IP_LITERAL",
+                                                             "RCVD_NO_RDNS"]
+    server = Connection(client_ip=ipaddress.ip_address("81.2.69.142"),
+                        client_name="mail.example.org", helo="mail.example.org")
+    assert connection_received_symbols(no_received, server) == []
+    # The header chain below the connection is not judged as the last hop any more.
+    forged_below = with_header(ORDINARY, "Received", f"from [81.2.69.9] by x with SMTP; {DATE}")
+    assert connection_received_symbols(forged_below, server) == []
+    # A Message-ID in our own name was added on our side.
+    ours = with_header(no_received, "Message-ID", "<20261203.AB12@mx.example.net>")
+    assert connection_received_symbols(ours, server) == ["MID_ADDED_BY_RELAY"]
