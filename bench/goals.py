@@ -27,7 +27,7 @@ GOALS: tuple[Goal, ...] = (
     Goal("mailward-inbound", "rspamd-inbound", 1.2, True,
          "inbound SPF+DKIM+ARC+DMARC, one process each"),
     Goal("mailward-dkim-verify", "opendkim-verify", 1.0, False, "DKIM verification alone"),
-    Goal("mailward-policyd", "policyd-spf", 2.0, False, "policy service, realistic mix"),
+    Goal("mailward-policyd", "policyd-spf", 2.0, False, "policy service, {workload} workload"),
 )
 
 
@@ -49,8 +49,9 @@ class MeasuredTarget:
     p99: float
 
 
-def goal_lines(measured: Sequence[Measured]) -> list[str]:
-    """One line per goal whose target and reference both ran."""
+def goal_lines(measured: Sequence[Measured], policy_workload: str = "mix") -> list[str]:
+    """One line per goal whose target and reference both ran (`policy_workload`: what
+    the policy requests were, bench.run --policy-workload)."""
     by_name = {item.name: item for item in measured}
     lines = []
     for goal in GOALS:
@@ -58,7 +59,8 @@ def goal_lines(measured: Sequence[Measured]) -> list[str]:
         if target is None or reference is None or math.isnan(target.ratio):
             continue
         met = target.ratio >= goal.throughput_ratio
-        text = (f"{goal.what}: {goal.target} {target.ratio:.2f}x {goal.reference} "
+        what = goal.what.format(workload=policy_workload)
+        text = (f"{what}: {goal.target} {target.ratio:.2f}x {goal.reference} "
                 f"(goal >= {goal.throughput_ratio:.1f}x: {'met' if met else 'not met'})")
         if goal.p99_no_worse and reference.p99 > 0:
             p99_ratio = target.p99 / reference.p99

@@ -67,6 +67,14 @@ from bench.sockets import SocketSpec, connect_probe, free_tcp_port
 from bench.stats import fmt_ms, fmt_rate, format_table
 
 Kind = Literal["milter", "policy"]
+
+#: PolicyLoadOptions per --policy-workload.  "one-lookup": example.org's SPF record is
+#: `v=spf1 ip4:192.0.2.0/25 -all` (bench/world.py), so each uncached request costs one
+#: TXT lookup for MAIL FROM (plus the HELO check, the same for every target).
+POLICY_WORKLOADS: dict[str, dict[str, Any]] = {
+    "mix": {},
+    "one-lookup": {"sender": "alice@example.org", "client_ips": ("192.0.2.0/25",)},
+}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -92,6 +100,7 @@ class Settings:
     policyd_workers: int
     json_path: Path | None
     keep: bool
+    policy_workload: str = "mix"
 
 
 def parse_settings(argv: Sequence[str] | None) -> Settings:
@@ -160,6 +169,14 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         help="[policyd] workers for the Mailward policy service (default: one per core, "
         "as policyd-spf under spawn(8) uses every core too)",
     )
+    parser.add_argument(
+        "--policy-workload",
+        choices=sorted(POLICY_WORKLOADS),
+        default=_env("BENCH_POLICY_WORKLOAD", "mix"),
+        help="policy requests: 'mix' (bench/world.py's realistic scenarios, default) or "
+        "'one-lookup' (one sender domain whose SPF record is a single TXT lookup, "
+        "clients it allows: issue 8's second policy workload)",
+    )
     parser.add_argument("--json", type=Path, help="also write all results as JSON here")
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (configs, logs, zones)"
@@ -183,6 +200,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         policyd_workers=max(1, args.policyd_workers),
         json_path=args.json,
         keep=args.keep,
+        policy_workload=args.policy_workload,
     )
 
 
@@ -626,7 +644,8 @@ def measure(
             warmup=s.warmup,
             processes=s.client_processes,
         )
-        popts = PolicyLoadOptions(socket=spec, load=load)
+        popts = PolicyLoadOptions(socket=spec, load=load,
+                                  **POLICY_WORKLOADS[s.policy_workload])
         window, outcome = CpuWindow.measure(service, lambda: run_policy_load(popts))
     assert isinstance(outcome, LoadResult)
     unit = "msg/s" if target.kind == "milter" else "req/s"
@@ -959,7 +978,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"message(s) per session; latency from MAIL to the final reply; "
         f"{s.milter_duration:g} s per run, {s.rounds} A/B rounds",
         "policy": f"Policy: {s.concurrency} persistent connections, protocol_state=RCPT, "
-        f"mixed clients/senders (bench.world); {s.policy_duration:g} s per run, "
+        + ("mixed clients/senders (bench.world)" if s.policy_workload == "mix" else
+           "one sender domain, a one-TXT-lookup SPF record (--policy-workload one-lookup)")
+        + f"; {s.policy_duration:g} s per run, "
         f"{s.rounds} A/B rounds; Mailward policyd with {s.policyd_workers} worker(s)",
     }
     print()
@@ -980,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("targets: " + "; ".join(f"{name}: {text}" for name, text in seen.items()))
     for line in details(reports):
         print("  " + line)
-    for line in goal_lines(measured_targets(reports)):
+    for line in goal_lines(measured_targets(reports), settings.policy_workload):
         print("goal: " + line)
     note = machine_note(reports)
     for line in [*ctx.notes, *nagle_notes(reports), *([note] if note else [])]:

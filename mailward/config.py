@@ -202,6 +202,8 @@ class MilterSettings:
     max_body_size: int = 10 * 1024 * 1024
     shutdown_timeout: float = 30.0
     mta_timeout: int = 300
+    max_headers: int = 1000
+    max_header_bytes: int = 1024 * 1024
 
 
 class StateErrorAction(StrEnum):
@@ -591,6 +593,10 @@ def _read_milter(table: Table) -> MilterSettings:
             "shutdown_timeout", float, defaults.shutdown_timeout, 0.0, 3600.0
         ),
         mta_timeout=table.number("mta_timeout", int, defaults.mta_timeout, 1, 3600),
+        max_headers=table.number("max_headers", int, defaults.max_headers, 10, 1_000_000),
+        max_header_bytes=table.number(
+            "max_header_bytes", int, defaults.max_header_bytes, 4096, 1024 * 1024 * 1024
+        ),
     )
     table.finish()
     return milter

@@ -50,6 +50,11 @@ MILTER_BODY_TRUNCATED = Counter(
     "mailward_milter_body_truncated_total",
     "Messages whose body exceeded milter.max_body_size; checks saw only a prefix.",
 )
+MILTER_HEADER_OVERFLOW = Counter(
+    "mailward_milter_header_overflow_total",
+    "Messages rejected because their header block exceeded milter.max_headers or"
+    " milter.max_header_bytes.",
+)
 MILTER_FORGED_AR_REMOVED = Counter(
     "mailward_milter_forged_authentication_results_removed_total",
     "Authentication-Results headers claiming our authserv-id removed from untrusted mail.",
@@ -299,7 +304,8 @@ TLSPOLICY_ANSWERS = Counter(
 )
 TLSPOLICY_DECISIONS = Counter(
     "mailward_tlspolicy_decisions_total",
-    "Policy decisions by mechanism (mta_sts, override, none) and MTA-STS mode.",
+    "Policy decisions by mechanism (mta_sts, override, none, dane) and mode (the MTA-STS "
+    "mode; dane-only or dane for DANE).",
     ["mechanism", "mode"],
 )
 TLSPOLICY_FETCHES = Counter(
@@ -324,6 +330,20 @@ TLSPOLICY_PROTOCOL_ERRORS = Counter(
     ["kind"],
 )
 
+TLSPOLICY_DANE_LOOKUPS = Counter(
+    "mailward_tlspolicy_dane_lookups_total",
+    "DANE checks of a destination by outcome (dane_only, dane, no_tlsa, insecure, no_mx, "
+    "tempfail: a failed lookup in a signed zone, answered TEMP).",
+    ["outcome"],
+)
+
+TLSPOLICY_CACHE_ERRORS = Counter(
+    "mailward_tlspolicy_cache_errors_total",
+    "Failed operations (get, put, delete) on the shared Redis policy cache; the service "
+    "goes on with its own copy.",
+    ["operation"],
+)
+
 POLICYD_EVICTED_CONNECTIONS = Counter(
     "mailward_policyd_evicted_connections_total",
     "Idle policy connections closed at the connection cap to admit a new client.",
@@ -344,4 +364,18 @@ MILTER_FORGED_TRACE_HEADERS_REMOVED = Counter(
     "Received-SPF and orphan ARC-Authentication-Results headers claiming our host, "
     "removed from untrusted mail, by header (received_spf, arc_authentication_results).",
     ["header"],
+)
+
+# --------------------------------------------------------------------------- spamd (SpamAssassin)
+
+SPAMD_REQUESTS = Counter(
+    "mailward_spamd_requests_total",
+    "Messages the spamd check handled, by outcome: scored, too_large (not sent), timeout, "
+    "refused, connection_error, spamd_error, bad_answer (all but scored score nothing).",
+    ["outcome"],
+)
+SPAMD_REQUEST_SECONDS = Histogram(
+    "mailward_spamd_request_duration_seconds",
+    "Time from connecting to spamd to its complete answer (or the failure).",
+    buckets=_LATENCY_BUCKETS,
 )

@@ -208,6 +208,10 @@ class Symbol:
 
     name: str
     detail: str = ""
+    #: A magnitude the check measured, for symbols that relay another filter's own
+    #: score (SPAMASSASSIN): scoring multiplies the configured weight by it.  None for
+    #: every ordinary symbol, whose weight is the configured one.
+    value: float | None = None
 
     def __post_init__(self) -> None:
         if not _SYMBOL_NAME.fullmatch(self.name):

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import grp
 import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +56,29 @@ def set_log_level(level: LogLevel) -> None:
     logging.getLogger().setLevel(level.value.upper())
 
 
+class SettledFilesCollector(prometheus_multiprocess.MultiProcessCollector):
+    """The multiprocess collector, skipping a worker's metrics file still being created.
+
+    prometheus_client creates a worker's .db file empty and sizes it a moment later; a
+    scrape in between read zero bytes, raised struct.error, and /metrics answered 500
+    (seen right after start and after a worker was replaced).  Such a file holds no
+    samples yet, so leaving it out for that one scrape loses nothing.
+    """
+
+    def collect(self) -> Iterable[Any]:
+        files = [path for path in glob.glob(os.path.join(self._path, "*.db"))
+                 if _settled(path)]
+        return self.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _settled(path: str) -> bool:
+    """At least the 8-byte header that says how much of the file is used."""
+    try:
+        return os.path.getsize(path) >= 8
+    except OSError:  # removed by mark_process_dead since the glob
+        return False
+
+
 def start_metrics_endpoint(listen: ListenAddress | None) -> None:
     """Serve /metrics on `listen` in a daemon thread; aggregate worker processes if any."""
     if listen is None:
@@ -62,7 +86,7 @@ def start_metrics_endpoint(listen: ListenAddress | None) -> None:
     registry: CollectorRegistry | None = None
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        SettledFilesCollector(registry)  # type: ignore[no-untyped-call]
     if registry is None:
         start_http_server(listen.port, addr=listen.host)
     else:

@@ -195,6 +195,8 @@ DEFAULT_WEIGHTS: Mapping[str, float] = {
     "ADVERTISING_6": 1.2,
     "ADVERTISING_9": 1.2,
     "ADVERTISING_12": 0.4,
+    # SpamAssassin's own score (mailward/checks/spamd.py): the weight multiplies it
+    "SPAMASSASSIN": 1.0,
 }
 
 
@@ -359,7 +361,10 @@ def score_symbols(symbols: Sequence[Symbol], settings: ScoringSettings) -> Score
         if symbol.name in seen:
             continue
         seen.add(symbol.name)
-        hits.append(Hit(symbol, settings.weight(symbol.name)))
+        weight = settings.weight(symbol.name)
+        if symbol.value is not None:  # another filter's score, scaled by our weight
+            weight = round(weight * symbol.value, 2)
+        hits.append(Hit(symbol, weight))
     total = round(sum(hit.weight for hit in hits), 2)
     action = action_for(total, settings)
     forced_by = ""

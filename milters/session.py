@@ -41,6 +41,7 @@ from mailward.pipeline import Pipeline
 log = logging.getLogger("mailward.milter")
 
 INTERNAL_ERROR_REPLY = SmtpReply("451", "4.3.0", "Temporary local problem, please try again later")
+HEADER_OVERFLOW_REPLY = SmtpReply("552", "5.3.4", "Message header too large")
 
 # Macros worth keeping; Postfix sends them at the stages named in its milter_*_macros.
 _INTERESTING_MACROS = (
@@ -66,6 +67,8 @@ class _Envelope:
     headers: list[Header] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     body_size: int = 0
+    header_bytes: int = 0
+    header_overflow: bool = False  # more than max_headers/max_header_bytes; not all kept
     failed: bool = False  # a callback raised; answer on_internal_error at end-of-message
 
 
@@ -192,7 +195,21 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
         # put that one space back, or c=simple DKIM signatures over this header fail.
         if not self._protocol & Milter.P_HDR_LEADSPC and value[:1] not in ("", " ", "\t"):
             value = " " + value
-        self._envelope.headers.append(Header(name, value))
+        envelope = self._envelope
+        if envelope.header_overflow:
+            return CONTINUE
+        limits = self._pipeline.settings.milter
+        envelope.header_bytes += len(name) + len(value) + 3  # ": " and the line end
+        if (len(envelope.headers) >= limits.max_headers
+                or envelope.header_bytes > limits.max_header_bytes):
+            # Keep nothing more: memory stays bounded, and the message is refused at
+            # end-of-message (a partial header block cannot be judged honestly).
+            envelope.header_overflow = True
+            log.warning("%s: header block exceeds %d fields or %d bytes; the message will"
+                        " be rejected", self.log_id, limits.max_headers,
+                        limits.max_header_bytes)
+            return CONTINUE
+        envelope.headers.append(Header(name, value))
         return CONTINUE
 
     @noreply
@@ -262,6 +279,10 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
     def _decide(self, transaction: Transaction) -> Verdict:
         if self._envelope.failed:
             return self._internal_error_verdict()
+        if self._envelope.header_overflow:
+            metrics.MILTER_HEADER_OVERFLOW.inc()
+            return Verdict(Action.REJECT, reply=HEADER_OVERFLOW_REPLY,
+                           reason="header block over the size limit")
         return self._pipeline.evaluate(self._connection, transaction)
 
     def _internal_error_verdict(self) -> Verdict:

@@ -27,6 +27,12 @@ fi
 core_packages+=(prometheus)
 # ansible-playbook --syntax-check of deploy/ansible (tests/unit/test_ansible_role.py).
 core_packages+=(ansible-core)
+# DANE tests (tests/integration/test_tlspolicy_dane.py): a validating resolver and the
+# tools that sign the test zones (tests/harness/unbound.py, tests/harness/dnssec.py).
+core_packages+=(unbound ldnsutils)
+# A private spamd for the optional SpamAssassin backend's tests (tests/harness/spamd.py);
+# Debian 12 ships spamd in its own package, the rules in spamassassin.
+core_packages+=(spamassassin spamd)
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
 bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
 bench_packages+=(bogofilter)  # the Bayes accuracy peer (bench/bayes)

@@ -4,17 +4,13 @@ WAL journal, so the milter's readers never wait for a learner's write transactio
 always see the counts of a whole learned message, never half of one.  Writes are one
 `BEGIN IMMEDIATE` transaction each.  A separate file from the greylist/rate-limit state
 (`[bayes] path`), because the token table is by far the largest and is trimmed on its
-own schedule.  As in mailward/state/sqlite.py, the connection is opened lazily, again
-after a fork, and dropped after any error; the file is created 0600.
+own schedule.  The connection is mailward.sqlitedb's: opened lazily, again after a
+fork, dropped after any error; the file is created 0600.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
-import threading
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from mailward.bayes.classifier import TokenCounts
@@ -28,6 +24,7 @@ from mailward.bayes.store import (
     hash_tokens,
     plan_learning,
 )
+from mailward.sqlitedb import SqliteDatabase
 from mailward.state.base import StateUnavailable
 
 SCHEMA_VERSION = 1
@@ -61,20 +58,21 @@ class SqliteBayesStore(BayesStore):
         self.limits = limits
         self.busy_timeout = busy_timeout
         self.file_mode = file_mode
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+        self._db = SqliteDatabase(
+            self.path, schema=_SCHEMA, schema_version=SCHEMA_VERSION,
+            error=lambda message: StateUnavailable(self.backend, message),
+            busy_timeout=busy_timeout, file_mode=file_mode,
+        )
 
     # ------------------------------------------------------------------ reads
 
     def totals(self) -> Totals:
-        with self._session(write=False) as db:
+        with self._db.transaction(write=False) as db:
             rows = dict(db.execute("SELECT class, messages FROM bayes_totals").fetchall())
             return Totals(int(rows.get("spam", 0)), int(rows.get("ham", 0)))
 
     def token_rows(self) -> int:
-        with self._session(write=False) as db:
+        with self._db.transaction(write=False) as db:
             (tokens,) = db.execute("SELECT count(*) FROM bayes_tokens").fetchone()
             return int(tokens)
 
@@ -82,7 +80,7 @@ class SqliteBayesStore(BayesStore):
         hashed = hash_tokens(tokens)
         keys = list(hashed)
         found: dict[str, TokenCounts] = {}
-        with self._session(write=False) as db:
+        with self._db.transaction(write=False) as db:
             for start in range(0, len(keys), _LOOKUP_BATCH):
                 batch = keys[start:start + _LOOKUP_BATCH]
                 marks = ",".join("?" * len(batch))
@@ -97,7 +95,7 @@ class SqliteBayesStore(BayesStore):
     def _step(self, digest: str, wanted: MessageClass | None, tokens: Collection[str],
               now: float) -> LearnResult:
         keys = [(key,) for key in hash_tokens(tokens)]
-        with self._session(write=True) as db:
+        with self._db.transaction(write=True) as db:
             row = db.execute("SELECT class FROM bayes_messages WHERE digest = ?",
                              (digest,)).fetchone()
             plan = plan_learning(MessageClass(row[0]) if row else None, wanted)
@@ -126,7 +124,7 @@ class SqliteBayesStore(BayesStore):
             return plan.result
 
     def expire(self, now: float) -> int:
-        with self._session(write=True) as db:
+        with self._db.transaction(write=True) as db:
             removed = db.execute("DELETE FROM bayes_tokens WHERE last_seen < ?",
                                  (now - self.limits.token_expiry,)).rowcount
             (count,) = db.execute("SELECT count(*) FROM bayes_tokens").fetchone()
@@ -138,67 +136,8 @@ class SqliteBayesStore(BayesStore):
             return int(removed)
 
     def ping(self) -> None:
-        with self._session(write=False) as db:
+        with self._db.transaction(write=False) as db:
             db.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            if self._conn is not None and self._pid == os.getpid():
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.close()
-            self._conn = None
-
-    # ------------------------------------------------------------------ internals
-
-    @contextlib.contextmanager
-    def _session(self, write: bool) -> Iterator[sqlite3.Connection]:
-        if self._pid != os.getpid():  # forked: never use the parent's connection
-            self._pid = os.getpid()
-            self._lock = threading.Lock()
-            self._conn = None
-        with self._lock:
-            if self._closed:
-                raise StateUnavailable(self.backend, "store is closed")
-            try:
-                if self._conn is None:
-                    self._conn = self._open()
-                conn = self._conn
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield conn
-                conn.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                self._discard()
-                raise StateUnavailable(self.backend, f"{self.path}: {exc}") from exc
-            except BaseException:
-                self._discard()
-                raise
-
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.file_mode))
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise StateUnavailable(self.backend, f"{self.path}: schema version {version} "
-                                       f"is newer than this Mailward ({SCHEMA_VERSION})")
-            if version < SCHEMA_VERSION:
-                conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        self._db.close()

@@ -33,6 +33,7 @@ from mailward.checks import (
     phrases,
     received,
     rhsbl,
+    spamd,
     spf,
     urilist,
     urlforms,
@@ -59,6 +60,7 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     urilist.SPEC,
     headers.SPEC,
     content.SPEC,
+    spamd.SPEC,
     # rule heuristics added for rules-only accuracy (bench/rules_accuracy.py)
     received.SPEC,
     headerforms.SPEC,

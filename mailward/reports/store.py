@@ -1,7 +1,8 @@
 """The report store: observations grouped into counted rows, and what was sent.
 
 SQLite in WAL mode, shared by the milter's worker processes (each opens its own
-connection after fork, lazily) and `mailward dmarc-report`.  Rows are keyed by UTC day,
+connection after fork, lazily: mailward.sqlitedb) and `mailward dmarc-report`; the file
+is created 0600 (it names the senders' addresses and domains).  Rows are keyed by UTC day,
 policy domain and the row's canonical key, so recording a message is one UPSERT that
 adds 1 to a count; a report is built from the rows of one (day, domain).
 
@@ -11,22 +12,18 @@ the message go on, the command reports it and exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from mailward.reports.records import Observation, PublishedPolicy, ReportRow
+from mailward.sqlitedb import SqliteDatabase
 
 DAY = 86400
 BUSY_TIMEOUT_MS = 2000
+SCHEMA_VERSION = 1  # files from before the version was recorded (0) take the same schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS report_rows (
@@ -140,56 +137,23 @@ class ReportStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            # A connection inherited over fork must not be used by the child.
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                self._discard()
-                raise ReportStoreError(f"{self.path}: {exc}") from exc
-
-    def _discard(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-        self._conn = None
+        self._db = SqliteDatabase(
+            self.path,
+            schema=[statement for statement in _SCHEMA.split(";") if statement.strip()],
+            schema_version=SCHEMA_VERSION,
+            error=ReportStoreError,
+            busy_timeout=BUSY_TIMEOUT_MS / 1000,
+        )
 
     def close(self) -> None:
-        with self._lock:
-            self._discard()
+        self._db.close()
 
     # ------------------------------------------------------------------ recording
 
     def add(self, observation: Observation, now: float, count: int = 1) -> None:
         day = day_of(now)
         domain = observation.policy.domain
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO report_rows (day, policy_domain, row_key, count) VALUES (?,?,?,?)"
                 " ON CONFLICT (day, policy_domain, row_key) DO UPDATE SET count = count + ?",
@@ -211,26 +175,26 @@ class ReportStore:
         if domain is not None:
             sql += " AND policy_domain = ?"
             args.append(domain)
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             found = db.execute(sql + " ORDER BY day, policy_domain", args).fetchall()
         return [Period(day, name) for day, name in found]
 
     def rows(self, period: Period) -> list[CountedRow]:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             found = db.execute(
                 "SELECT row_key, count FROM report_rows WHERE day = ? AND policy_domain = ?"
                 " ORDER BY count DESC, row_key", (period.day, period.policy_domain)).fetchall()
         return [CountedRow(ReportRow.from_key(key), count) for key, count in found]
 
     def policy(self, period: Period) -> PublishedPolicy | None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             found = db.execute(
                 "SELECT policy FROM report_policies WHERE day = ? AND policy_domain = ?",
                 (period.day, period.policy_domain)).fetchone()
         return _policy_from_json(found[0]) if found else None
 
     def pending_rows(self) -> int:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             (count,) = db.execute(
                 "SELECT COUNT(*) FROM report_rows r WHERE NOT EXISTS (SELECT 1 FROM reports p"
                 " WHERE p.day = r.day AND p.policy_domain = r.policy_domain"
@@ -240,25 +204,25 @@ class ReportStore:
     # ------------------------------------------------------------------ sending state
 
     def status(self, report_id: str) -> ReportStatus | None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             found = db.execute("SELECT state, attempts, next_attempt FROM reports"
                                " WHERE report_id = ?", (report_id,)).fetchone()
         return ReportStatus(ReportState(found[0]), found[1], found[2]) if found else None
 
     def delivered(self, report_id: str) -> set[str]:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             found = db.execute("SELECT uri FROM report_deliveries WHERE report_id = ?",
                                (report_id,)).fetchall()
         return {uri for (uri,) in found}
 
     def mark_delivered(self, report_id: str, uri: str, now: float) -> None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute("INSERT OR IGNORE INTO report_deliveries VALUES (?,?,?)",
                        (report_id, uri, now))
 
     def set_status(self, report_id: str, period: Period, status: ReportStatus,
                    error: str = "") -> None:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO reports (report_id, day, policy_domain, state, attempts,"
                 " next_attempt, last_error) VALUES (?,?,?,?,?,?,?) ON CONFLICT (report_id)"
@@ -274,7 +238,7 @@ class ReportStore:
         """Queue one report unless a rate limit says no (checked and queued atomically,
         across milter workers); True when queued."""
         since = now - 3600
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             (total,) = db.execute("SELECT COUNT(*) FROM failure_queue WHERE created >= ?",
                                   (since,)).fetchone()
             (mine,) = db.execute("SELECT COUNT(*) FROM failure_queue WHERE created >= ?"
@@ -288,7 +252,7 @@ class ReportStore:
         return True
 
     def queued_failure_reports(self, limit: int) -> list[QueuedFailureReport]:
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             found = db.execute("SELECT id, uri, policy_domain, org_domain, message, attempts"
                                " FROM failure_queue WHERE state = 'queued' ORDER BY id LIMIT ?",
                                (limit,)).fetchall()
@@ -297,7 +261,7 @@ class ReportStore:
 
     def finish_failure_report(self, ident: int, state: str, attempts: int) -> None:
         """`state`: sent, dropped, failed, or queued again (a temporary problem)."""
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             # The message itself is no longer needed once the report is done.
             db.execute("UPDATE failure_queue SET state = ?, attempts = ?,"
                        " message = CASE WHEN ? = 'queued' THEN message ELSE x'' END"
@@ -307,7 +271,7 @@ class ReportStore:
 
     def purge(self, before_day: int) -> int:
         """Forget rows and report state older than `before_day`."""
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             removed = db.execute("DELETE FROM report_rows WHERE day < ?", (before_day,)).rowcount
             db.execute("DELETE FROM report_policies WHERE day < ?", (before_day,))
             db.execute("DELETE FROM report_deliveries WHERE report_id IN"

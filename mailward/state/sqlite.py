@@ -5,10 +5,8 @@
 - Every operation is one `BEGIN IMMEDIATE` transaction: the write lock is taken before
   the read, so read-decide-write is atomic across processes.  A lock held elsewhere
   longer than `busy_timeout` seconds becomes StateUnavailable.
-- Threads share one connection per process behind a lock (SQLite serializes writers
-  anyway, and a Python lock wakes a waiter at once where SQLite's busy handler polls).
-  The connection is opened at first use and again after a fork: a connection inherited
-  from the parent is never used (nor closed) in the child.
+- Threads share one connection per process behind a lock, opened at first use and
+  again after a fork (mailward.sqlitedb, shared with the Bayes and report stores).
 - Rows carry `expires_at`; expired rows are ignored at once and deleted by `purge`,
   which every process also runs inside an operation at most every `purge_interval`
   seconds (of the `now` it is given).
@@ -19,13 +17,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mailward.sqlitedb import SqliteDatabase
 from mailward.state.base import (
     GreylistOutcome,
     GreylistParams,
@@ -91,12 +87,15 @@ class SqliteStore(StateStore):
         self.busy_timeout = busy_timeout
         self.purge_interval = purge_interval
         self.file_mode = file_mode
-        self._lock = threading.Lock()
-        self._owner_pid = os.getpid()
-        self._conn: sqlite3.Connection | None = None
-        self._inherited: list[sqlite3.Connection] = []  # opened by a parent process
+        self._db = SqliteDatabase(
+            self.path,
+            schema=[statement for statement in _SCHEMA.split(";") if statement.strip()],
+            schema_version=SCHEMA_VERSION,
+            error=lambda message: StateUnavailable(self.backend, message),
+            busy_timeout=busy_timeout,
+            file_mode=file_mode,
+        )
         self._next_purge = float("-inf")
-        self._closed = False
 
     # ------------------------------------------------------------------ operations
 
@@ -166,127 +165,20 @@ class SqliteStore(StateStore):
             db.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
-        with self._guard():
-            self._closed = True
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+        self._db.close()
 
     # ------------------------------------------------------------------ internals
 
-    def _guard(self) -> threading.Lock:
-        """The lock of this process: after a fork, a fresh lock and no connection."""
-        pid = os.getpid()
-        if self._owner_pid != pid:
-            self._owner_pid = pid
-            self._lock = threading.Lock()
-            if self._conn is not None:
-                self._inherited.append(self._conn)
-                self._conn = None
-        return self._lock
-
     @contextlib.contextmanager
     def _transaction(self, now: float | None) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, with the purge when due; errors -> StateUnavailable.
-
-        After any failure the connection is dropped, so the next operation starts from a
-        fresh one (a replaced or repaired file is picked up)."""
-        with self._guard():
-            if self._closed:
-                raise StateUnavailable(self.backend, "store is closed")
-            try:
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
-                purge_at = now if now is not None and now >= self._next_purge else None
-                if purge_at is not None:
-                    self._purge(conn, purge_at)
-                conn.execute("COMMIT")
-                if purge_at is not None:
-                    self._next_purge = purge_at + self.purge_interval
-            except (sqlite3.Error, OSError) as exc:
-                self._discard()
-                raise StateUnavailable(self.backend, f"{self.path}: {exc}") from exc
-            except BaseException:
-                self._discard()
-                raise
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = self._open()
-        return self._conn
-
-    def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        # Create the file with our mode before SQLite does (it would use 0644 & umask);
-        # SQLite gives the -wal and -shm files the mode of the database file.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.file_mode))
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            self._use_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _use_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch the file to WAL (a no-op once it is: the mode is stored in the file).
-
-        The switch needs an exclusive lock and SQLite does not wait for it with the busy
-        handler, so when several processes open a new file at once, the losers see
-        SQLITE_BUSY at once: retry them until `busy_timeout`.
-        """
-        deadline = time.monotonic() + self.busy_timeout
-        pause = 0.001
-        while True:
-            try:
-                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-                break
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
-        if str(mode).lower() != "wal":
-            raise StateUnavailable(self.backend, f"{self.path}: cannot use WAL (got {mode})")
-
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise StateUnavailable(
-                self.backend,
-                f"{self.path}: schema version {version} is newer than this Mailward "
-                f"({SCHEMA_VERSION})",
-            )
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version < SCHEMA_VERSION:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+        """BEGIN IMMEDIATE ... COMMIT (mailward.sqlitedb), with the purge when due."""
+        purge_at = now if now is not None and now >= self._next_purge else None
+        with self._db.transaction() as conn:
+            yield conn
+            if purge_at is not None:
+                self._purge(conn, purge_at)
+        if purge_at is not None:
+            self._next_purge = purge_at + self.purge_interval
 
     @staticmethod
     def _purge(db: sqlite3.Connection, now: float) -> int:

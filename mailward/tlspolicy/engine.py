@@ -1,9 +1,14 @@
-"""From a Postfix lookup key to a socketmap reply: overrides, then MTA-STS.
+"""From a Postfix lookup key to a socketmap reply: overrides, then DANE, then MTA-STS.
 
 Blocking (DNS, HTTPS): the server runs `answer` in its thread pool.  Every failure inside
 becomes "no policy" (`NOTFOUND`, Postfix's default TLS level) unless an unexpired cached
 policy says otherwise: a TLS policy lookup must never turn a temporary problem into a
 permanent failure of mail, nor let an attacker downgrade an `enforce` domain.
+
+DANE (dane.py, with `[tlspolicy] dane = true`) comes first, as RFC 8461 section 2 asks:
+a destination with validated TLSA records is answered `dane-only`/`dane` whatever its
+MTA-STS policy says.  The one exception to "failure is no policy": a DANE lookup that
+fails in a signed zone is answered TEMP, because there a failure may be an attack.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mailward.dns import Resolver
+from mailward.tlspolicy.dane import Dane, DaneDecision, DaneOutcome, DnssecResolver, key_port
 from mailward.tlspolicy.mtasts import (
     Mode,
     MtaSts,
@@ -34,6 +40,8 @@ class AnswerKind(StrEnum):
     OVERRIDE = "override"  # [tlspolicy.overrides]
     TESTING = "testing"  # MTA-STS testing: not enforced (NOTFOUND), but logged
     NOTFOUND = "notfound"
+    DANE = "dane"  # DANE: `dane-only` or `dane`
+    TEMP = "temp"  # a DANE lookup failed where the zone is signed: Postfix defers
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class TlsAnswer:
     kind: AnswerKind
     reason: str
     decision: StsDecision | None = None
+    dane: DaneDecision | None = None
 
     @property
     def changes_delivery(self) -> bool:
@@ -51,15 +60,19 @@ class TlsAnswer:
 
 
 _NOTFOUND = Reply(ReplyStatus.NOTFOUND)
+_DANE_TEMP = Reply(ReplyStatus.TEMP, "DANE lookup failed")
 #: An answer is reused without asking DNS again for at most this long.
 _MAX_KNOWN_SECONDS = 300.0
 
 
 class TlsPolicyEngine:
     def __init__(self, settings: TlsPolicySettings, resolver: Resolver,
-                 fetch: PolicyFetcher, cache: PolicyCache) -> None:
+                 fetch: PolicyFetcher, cache: PolicyCache,
+                 dnssec: DnssecResolver | None = None) -> None:
+        """`dnssec`: the validating resolver DANE asks; None (or `dane = false`): no DANE."""
         self.settings = settings
         self.cache = cache
+        self._dane = Dane(dnssec) if dnssec is not None and settings.dane else None
         self._sts = MtaSts(resolver, fetch, cache, time.time,
                            refresh_before=settings.refresh_before)
         self._answers: dict[str, tuple[TlsAnswer, float]] = {}
@@ -91,13 +104,15 @@ class TlsPolicyEngine:
     def _remember(self, answer: TlsAnswer) -> None:
         """Keep an answer for as long as its TXT record's TTL (capped), so that an id
         change is seen as soon as a caching resolver would see it."""
+        lifetime = _MAX_KNOWN_SECONDS
+        if answer.dane is not None:
+            lifetime = min(lifetime, float(answer.dane.ttl))
         decision = answer.decision
-        if decision is None or decision.record_ttl <= 0:
-            return
-        lifetime = min(float(decision.record_ttl), _MAX_KNOWN_SECONDS)
-        if decision.policy is not None:
-            lifetime = min(lifetime, decision.policy.max_age / 4)
-        if lifetime <= 0:
+        if decision is not None:
+            lifetime = min(lifetime, float(decision.record_ttl))
+            if decision.policy is not None:
+                lifetime = min(lifetime, decision.policy.max_age / 4)
+        if (decision is None and answer.dane is None) or lifetime <= 0:
             return
         if len(self._answers) >= self.settings.cache_entries:
             self._answers.clear()  # rare: a bound, not an eviction policy worth a lock
@@ -111,25 +126,41 @@ class TlsPolicyEngine:
         if override is not None:
             return TlsAnswer(key, Reply(ReplyStatus.OK, override), AnswerKind.OVERRIDE,
                              "tlspolicy.overrides")
+        dane: DaneDecision | None = None
+        if self._dane is not None:
+            dane = self._dane.decide(domain, key_port(key))
+            if dane.outcome is DaneOutcome.TEMPFAIL:
+                return TlsAnswer(key, _DANE_TEMP, AnswerKind.TEMP, dane.reason, dane=dane)
+            if dane.policy is not None:
+                return TlsAnswer(key, Reply(ReplyStatus.OK, dane.policy), AnswerKind.DANE,
+                                 dane.reason, dane=dane)
+        return self._mta_sts(key, domain, dane)
+
+    def _mta_sts(self, key: str, domain: str, dane: DaneDecision | None) -> TlsAnswer:
         decision = self._sts.decide(domain)
         if decision.policy is not None and decision.mode is Mode.ENFORCE:
             policy = postfix_policy(decision.policy, self.settings.servername)
             return TlsAnswer(key, Reply(ReplyStatus.OK, policy), AnswerKind.SECURE,
-                             f"MTA-STS enforce ({decision.reason})", decision)
+                             f"MTA-STS enforce ({decision.reason})", decision, dane)
         if decision.policy is not None and decision.mode is Mode.TESTING:
             return TlsAnswer(key, _NOTFOUND, AnswerKind.TESTING,
                              "MTA-STS testing, not enforced: would require "
                              + postfix_policy(decision.policy, False)
-                             + f" ({decision.reason})", decision)
-        return TlsAnswer(key, _NOTFOUND, AnswerKind.NOTFOUND, decision.reason, decision)
+                             + f" ({decision.reason})", decision, dane)
+        return TlsAnswer(key, _NOTFOUND, AnswerKind.NOTFOUND, decision.reason, decision, dane)
 
 
 def build_engine(settings: TlsPolicySettings, resolver: Resolver,
                  cache: PolicyCache) -> TlsPolicyEngine:
-    """The production engine: HTTPS fetches through `resolver`."""
+    """The production engine: HTTPS fetches through `resolver`, DANE through the
+    configured validating resolver."""
+    from mailward.tlspolicy.dane import ValidatingResolverClient
     from mailward.tlspolicy.fetch import FetchLimits, HttpsPolicyFetcher, tls_context
 
     fetcher = HttpsPolicyFetcher(resolver, tls_context(settings.ca_file), FetchLimits(
         timeout=settings.fetch_timeout, max_size=settings.max_policy_size,
         port=settings.policy_port))
-    return TlsPolicyEngine(settings, resolver, fetcher, cache)
+    dnssec = None
+    if settings.dane and settings.dnssec_resolver is not None:
+        dnssec = ValidatingResolverClient(settings.dnssec_resolver, settings.dnssec_timeout)
+    return TlsPolicyEngine(settings, resolver, fetcher, cache, dnssec)

@@ -51,7 +51,13 @@ def default_factory(settings: Settings, cache: PolicyCache) -> TlsPolicyEngine:
 
 
 def open_cache(settings: Settings) -> PolicyCache:
-    """`[tlspolicy] cache`: SQLite keeps learnt policies across restarts."""
+    """`[tlspolicy] cache`: SQLite keeps learnt policies across restarts; Redis (at
+    `[state] url`) also shares them between relays."""
+    if settings.tlspolicy.cache == "redis":
+        from mailward.tlspolicy.redis_cache import RedisPolicyCache
+
+        return RedisPolicyCache(settings.state.url,
+                                local_entries=settings.tlspolicy.cache_entries)
     if settings.tlspolicy.cache == "sqlite":
         from mailward.tlspolicy.store import SqlitePolicyCache
 
@@ -118,6 +124,7 @@ class TlsPolicyServer:
             "tlspolicy.threads": (self.settings.tlspolicy.threads, settings.tlspolicy.threads),
             "tlspolicy.cache_entries": (self.settings.tlspolicy.cache_entries,
                                         settings.tlspolicy.cache_entries),
+            "tlspolicy.cache": (self.settings.tlspolicy.cache, settings.tlspolicy.cache),
         })
         self.settings, self.engine = settings, engine
         runtime.set_log_level(settings.general.log_level)
@@ -205,6 +212,8 @@ class TlsPolicyServer:
         metrics.TLSPOLICY_ANSWER_SECONDS.observe(time.perf_counter() - started)
         _ANSWER_KINDS[answer.kind].inc()
         level = logging.INFO if answer.changes_delivery and not repeated else logging.DEBUG
+        if answer.kind is AnswerKind.TEMP:
+            level = logging.WARNING  # a delivery deferred because DNS(SEC) failed
         if log.isEnabledFor(level):
             log.log(level, "%s: %s %s (%s)", answer.key, answer.reply.status,
                     answer.reply.data, answer.reason)
@@ -222,8 +231,12 @@ _ANSWERS_FROM_MEMORY = metrics.TLSPOLICY_CACHE.labels("memory")
 
 
 def _count(answer: TlsAnswer) -> None:
+    if answer.dane is not None:
+        metrics.TLSPOLICY_DANE_LOOKUPS.labels(answer.dane.outcome.value).inc()
     decision = answer.decision
-    if answer.kind is AnswerKind.OVERRIDE:
+    if answer.kind is AnswerKind.DANE:
+        metrics.TLSPOLICY_DECISIONS.labels("dane", answer.reply.data).inc()
+    elif answer.kind is AnswerKind.OVERRIDE:
         metrics.TLSPOLICY_DECISIONS.labels("override", "none").inc()
     elif decision is not None:
         mechanism = "mta_sts" if decision.policy is not None else "none"

@@ -7,6 +7,7 @@ so a top-level import back would be circular).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,41 @@ def _default_metrics() -> ListenAddress | None:
 
 
 @dataclass(frozen=True)
+class ResolverAddress:
+    """`[tlspolicy] dnssec_resolver`: a validating resolver on loopback only.  Its AD
+    bit travels unprotected, so from anywhere else anyone on the path could set it."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ResolverAddress:
+        """`127.0.0.1:5353`, `[::1]:53`, or an address alone (port 53)."""
+        host, port_text = text, "53"
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            if rest:
+                if not rest.startswith(":"):
+                    raise ValueError(f"{text!r} is not HOST:PORT")
+                port_text = rest[1:]
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{text!r}: bad port {port_text!r}")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise ValueError(f"{host!r} is not an IP address") from exc
+        if not address.is_loopback:
+            raise ValueError(f"{host} is not a loopback address: the AD bit of a resolver "
+                             "elsewhere cannot be trusted")
+        return cls(str(address), int(port_text))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class TlsPolicySettings:
     socket: SocketAddress = field(default_factory=_default_socket)
     socket_permissions: SocketPermissions = field(default_factory=_default_permissions)
@@ -59,11 +95,16 @@ class TlsPolicySettings:
     servername: bool = True  # Postfix >= 3.4 reads `servername=hostname`
     refresh_before: float = 3600.0
     cache_entries: int = 100_000
-    #: "memory" (lost on restart) or "sqlite" (kept in `cache_path`).
+    #: "memory" (lost on restart), "sqlite" (kept in `cache_path`) or "redis" (at
+    #: `[state] url`, shared by several relays).
     cache: str = "sqlite"
     cache_path: Path = Path("/var/lib/mailward/tlspolicy.db")
     #: domain -> Postfix TLS policy, answered as is (before MTA-STS is consulted).
     overrides: Mapping[str, str] = field(default_factory=dict)
+    #: DANE (RFC 7672) before MTA-STS; needs `dnssec_resolver` (a validating resolver).
+    dane: bool = False
+    dnssec_resolver: ResolverAddress | None = None
+    dnssec_timeout: float = 5.0
 
 
 def _mode(text: str) -> int:
@@ -73,8 +114,8 @@ def _mode(text: str) -> int:
 
 
 def _cache_kind(text: str) -> str:
-    if text not in ("memory", "sqlite"):
-        raise ValueError(f"must be 'memory' or 'sqlite', got {text!r}")
+    if text not in ("memory", "sqlite", "redis"):
+        raise ValueError(f"must be 'memory', 'sqlite' or 'redis', got {text!r}")
     return text
 
 
@@ -122,9 +163,20 @@ def read_tlspolicy(table: Table) -> TlsPolicySettings:
         cache=table.parsed("cache", _cache_kind, defaults.cache),
         cache_path=Path(table.scalar("cache_path", str, str(defaults.cache_path))),
         overrides=_read_overrides(table.table("overrides")),
+        dane=table.scalar("dane", bool, defaults.dane),
+        dnssec_resolver=table.parsed("dnssec_resolver", _resolver_address, None),
+        dnssec_timeout=table.number("dnssec_timeout", float, defaults.dnssec_timeout,
+                                    0.1, 60.0),
     )
+    if settings.dane and settings.dnssec_resolver is None:
+        table.error("dane", "dane = true needs dnssec_resolver = \"127.0.0.1:PORT\" (a "
+                            "DNSSEC-validating resolver on loopback whose AD bit is trusted)")
     table.finish()
     return settings
+
+
+def _resolver_address(text: str) -> ResolverAddress | None:
+    return ResolverAddress.parse(text) if text else None
 
 
 def _read_overrides(table: Table) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Faults through the real stack: mail keeps its promise while the milter and DNS fail.
+"""Faults through the real stack: mail keeps its promise while our services and DNS fail.
 
 A second private Postfix (tests/harness/relay.py) sends a stream of messages to the
 stack's Postfix + Mailward milter.  Meanwhile the milter's workers are SIGKILLed several
@@ -6,7 +6,10 @@ times (the supervisor replaces them; Postfix's milter_default_action = tempfail 
 the sessions that were cut) and the DNS server goes dark for a while (the milter answers
 451 within its DNS budget).  When the faults end: the sender's queue drains, every
 message is in Dovecot exactly once (Message-ID census), and none was bounced -- a fault
-on our side is only ever a delay.
+on our side is only ever a delay.  The second test does the same to the policy service
+and its Redis state backend: policyd workers SIGKILLed (Postfix's
+smtpd_policy_service_default_action defers), Redis stopped and started again (the
+rate-limit policy answers `on_state_error` meanwhile, and reconnects afterwards).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pytest
 
 from tests.harness import MailStack, build_message
 from tests.harness.process import wait_until
+from tests.harness.redis import RedisInstance
 from tests.harness.relay import sending_postfix
 
 SENDER_DOMAIN = "faults.example"
@@ -82,34 +86,98 @@ def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailw
             time.sleep(3)
 
     try:
-        chaos = threading.Thread(target=faults)
-        chaos.start()
-        for message_id in message_ids:
-            sender.sendmail(build_message(f"alice@{SENDER_DOMAIN}", recipient,
-                                          message_id=message_id),
-                            [recipient], sender=f"alice@{SENDER_DOMAIN}")
-            time.sleep(0.15)  # a stream, not one burst: faults land mid-stream
-        chaos.join()
+        stream_through_faults(stack, sender, recipient, message_ids, faults)
         assert len(killed) == KILLS
-        # After the faults: the sender's queue drains ...
-        sender.wait_for_empty_queue(timeout=90)
-        # ... every message is in Dovecot exactly once ...
-        def census() -> dict[str, int]:
-            counts = {message_id: 0 for message_id in message_ids}
-            for message in stack.dovecot.messages(recipient):
-                found = (message.get("Message-ID") or "").strip()
-                if found in counts:
-                    counts[found] += 1
-            return counts
-        wait_until(lambda: all(count >= 1 for count in census().values()), 30,
-                   "every message in Dovecot")
-        assert set(census().values()) == {1}
-        # ... and nothing was bounced or rejected because of us.
-        sender_log = sender.log_text()
-        assert not re.search(r"status=bounced", sender_log), sender_log[-3000:]
-        assert not re.search(r" said: 5\d\d ", sender_log), sender_log[-3000:]
         # The faults did happen: replaced workers, and deferrals the sender retried.
         services.wait_for_log(r"exited unexpectedly", service="milter")
+        sender_log = sender.log_text()
         assert re.search(r"status=deferred .* said: 4\d\d ", sender_log), sender_log[-3000:]
+    finally:
+        sender.stop()
+
+
+def stream_through_faults(stack: MailStack, sender, recipient: str, message_ids: list[str],
+                          faults, recover=None) -> None:
+    """Send `message_ids` as a stream while `faults` runs; assert each arrives exactly once.
+
+    `recover` runs in this (the test's) thread once the stream is sent and the faults are
+    over: a daemon restarted from the faults thread would die with that thread (the
+    harness binds children to their parent thread with PR_SET_PDEATHSIG).  Then the
+    sender's queue must drain, every message be in Dovecot exactly once, and nothing have
+    been bounced or refused with a 5xx.
+    """
+    chaos = threading.Thread(target=faults)
+    chaos.start()
+    for message_id in message_ids:
+        sender.sendmail(build_message(f"alice@{SENDER_DOMAIN}", recipient,
+                                      message_id=message_id),
+                        [recipient], sender=f"alice@{SENDER_DOMAIN}")
+        time.sleep(0.15)  # a stream, not one burst: faults land mid-stream
+    chaos.join()
+    if recover is not None:
+        recover()
+    sender.wait_for_empty_queue(timeout=90)
+
+    def census() -> dict[str, int]:
+        counts = {message_id: 0 for message_id in message_ids}
+        for message in stack.dovecot.messages(recipient):
+            found = (message.get("Message-ID") or "").strip()
+            if found in counts:
+                counts[found] += 1
+        return counts
+
+    wait_until(lambda: all(count >= 1 for count in census().values()), 30,
+               "every message in Dovecot")
+    assert set(census().values()) == {1}
+    sender_log = sender.log_text()
+    assert not re.search(r"status=bounced", sender_log), sender_log[-3000:]
+    assert not re.search(r" said: 5\d\d ", sender_log), sender_log[-3000:]
+
+
+def test_policyd_kills_and_redis_outage_lose_and_bounce_nothing(
+    stack, zones, mailward_factory, redis: RedisInstance
+):
+    redis.flushall()
+    services = mailward_factory(
+        {"general": {"trusted_networks": ["::1/128"]},
+         "state": {"backend": "redis", "url": redis.url},
+         # Every request touches Redis: a rate limit far above this stream's volume.
+         "policyd": {"workers": 2, "on_state_error": "dunno",
+                     "ratelimit": {"enabled": True, "by": "client_address",
+                                   "applies_to": "all",
+                                   "windows": [{"seconds": 3600, "limit": 10000}]}}},
+        services=["milter", "policyd"])
+    supervisor = services.pids()["policyd"]
+    wait_until(lambda: len(children(supervisor)) == 2, 15, "two policyd workers")
+    sender = sending_postfix(stack.base_dir / "policyd-faults-sender", stack.postfix.smtp_port,
+                             hostname=f"relay.{SENDER_DOMAIN}")
+    sender.start()
+    recipient = stack.unique_address()
+    message_ids = [f"<{uuid.uuid4().hex}@{SENDER_DOMAIN}>" for _ in range(MESSAGES)]
+    killed: list[int] = []
+
+    def faults() -> None:
+        for _ in range(2):
+            time.sleep(0.7)
+            workers = children(supervisor)
+            if workers:
+                victim = min(workers)
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+        redis.stop()  # until the stream is sent; started again by `recover`
+        time.sleep(2)
+
+    try:
+        stream_through_faults(stack, sender, recipient, message_ids, faults,
+                              recover=redis.start)
+        assert len(killed) == 2
+        services.wait_for_log(r"exited unexpectedly", service="policyd")
+        # The Redis outage was answered (on_state_error = dunno) and counted ...
+        errors = services.metric_value(
+            "mailward_state_errors_total", {"backend": "redis", "operation": "rate_limit"},
+            service="policyd")
+        assert errors and errors >= 1, errors
+        # ... and after it the policy counts in Redis again.
+        assert redis.command("KEYS", "mailward:rl:*").strip(), "no rate-limit keys after restart"
     finally:
         sender.stop()

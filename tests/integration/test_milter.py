@@ -214,6 +214,29 @@ def test_body_over_the_cap_is_delivered_whole(stack, mailward, recipient):
     assert services.metric_value("mailward_milter_body_truncated_total") == 1.0
 
 
+def test_a_header_block_over_the_limit_is_refused_with_552_and_nothing_queued(
+    stack, mailward, recipient
+):
+    services = mailward({"milter": {"max_headers": 50}})
+    padding = [(f"X-Pad-{n}", "p") for n in range(60)]
+    message = build_message("sender@client.example.org", recipient, headers=padding,
+                            message_id=_message_id())
+    result = stack.send("sender@client.example.org", recipient, message,
+                        xclient_addr=EXTERNAL_CLIENT)
+    assert result.code == 552, result
+    assert "5.3.4" in result.final[1], result
+    assert stack.postfix.queue_is_empty()
+    assert services.metric_value("mailward_milter_header_overflow_total") == 1.0
+
+    # Under the limit the same sender is served normally.
+    message_id = _message_id()
+    message = build_message("sender@client.example.org", recipient, headers=padding[:40],
+                            message_id=message_id)
+    assert stack.send("sender@client.example.org", recipient, message,
+                      xclient_addr=EXTERNAL_CLIENT).accepted
+    assert _ours(_stored(stack, recipient, message_id)) == [f"{AUTHSERV_ID}; none"]
+
+
 def test_milter_down_means_4xx_and_the_retry_is_delivered_exactly_once(
     stack, mailward, recipient
 ):

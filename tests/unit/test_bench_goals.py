@@ -22,3 +22,13 @@ def test_goal_lines_compare_ratio_and_p99_with_the_goal() -> None:
 
 def test_goal_without_its_reference_is_not_printed() -> None:
     assert goal_lines([MeasuredTarget("mailward-policyd", 3.9, 0.004)]) == []
+
+
+def test_policy_goal_names_the_workload_it_was_measured_on() -> None:
+    measured = [MeasuredTarget("policyd-spf", float("nan"), 0.004),
+                MeasuredTarget("mailward-policyd", 2.5, 0.002)]
+    assert goal_lines(measured, "one-lookup") == [
+        "policy service, one-lookup workload: mailward-policyd 2.50x policyd-spf "
+        "(goal >= 2.0x: met)",
+    ]
+    assert goal_lines(measured)[0].startswith("policy service, mix workload:")

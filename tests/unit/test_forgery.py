@@ -92,3 +92,18 @@ def test_first_header_received_spf_is_our_policy_services_when_it_prepends():
         RemoveHeader("Received-SPF", 2), RemoveHeader("Received-SPF", 1))
     assert find_forged(headers, OURS, policy_prepends_spf=True).received_spf == (
         RemoveHeader("Received-SPF", 2),)
+
+
+def test_a_sender_written_received_spf_sits_below_postfixs_received_and_is_removed():
+    # Postfix writes its own Received at the top of every message it receives (smtpd and
+    # pickup alike), and a policy service's PREPEND above it.  So a client-written
+    # Received-SPF is never the first header the milter sees: even when [policyd.spf] is
+    # on but not wired into Postfix, the forgery is second or later, and removed.
+    headers = [
+        Header("Received", "from client.example (client.example [192.0.2.1]) by"
+               " mx.example.net (Postfix) with ESMTP id 4AbC"),
+        spf("pass client-ip=192.0.2.1; receiver=mx.example.net"),
+        Header("From", "a@x.example"),
+    ]
+    assert find_forged(headers, OURS, policy_prepends_spf=True).received_spf == (
+        RemoveHeader("Received-SPF", 1),)

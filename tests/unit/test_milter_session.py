@@ -277,3 +277,43 @@ def test_in_leading_space_mode_header_values_are_kept_verbatim():
     session.envfrom_bytes(b"<sender@example.org>")
     session.header_bytes("Subject", b"hello")
     assert [(h.name, h.value) for h in session._envelope.headers] == [("Subject", "hello")]
+
+
+def header_limited_settings(max_headers: int = 1000, max_header_bytes: int = 1 << 20) -> Settings:
+    return Settings(
+        general=GeneralSettings(authserv_id="mx.example.net"),
+        milter=MilterSettings(max_headers=max_headers, max_header_bytes=max_header_bytes),
+    )
+
+
+@pytest.mark.parametrize(("count", "size", "limits"), [
+    (11, 10, {"max_headers": 10}),                       # one field too many
+    (3, 3000, {"max_header_bytes": 4096}),               # few fields, too many bytes
+])
+def test_an_oversized_header_block_is_rejected_and_not_kept(count, size, limits):
+    seen: list[Transaction] = []
+    base = Pipeline(header_limited_settings(**limits), InMemoryResolver())
+
+    class Spy(Pipeline):
+        def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
+            seen.append(transaction)
+            return base.evaluate(connection, transaction)
+
+    session, ctx = open_session(Spy(base.settings, base.resolver))
+    before = sample("mailward_milter_header_overflow_total")
+    status = deliver(session, [(f"X-Pad-{n}", b" " + b"p" * size) for n in range(count)])
+    assert status == Milter.REJECT
+    assert ctx.reply == ("552", "5.3.4", "Message header too large")
+    assert seen == []  # the engine never judged a partial header block
+    assert len(session._envelope.headers) == 0  # reset after the message
+    assert sample("mailward_milter_header_overflow_total") == before + 1
+
+
+def test_a_header_block_at_the_limit_is_judged_and_the_next_message_starts_afresh():
+    session, ctx = open_session(Pipeline(header_limited_settings(max_headers=10),
+                                         InMemoryResolver()))
+    assert deliver(session, [(f"X-Pad-{n}", b" p") for n in range(11)]) == Milter.REJECT
+    ctx.reply = None
+    status = deliver(session, [(f"X-Pad-{n}", b" p") for n in range(10)])
+    assert status == Milter.CONTINUE
+    assert ctx.reply is None
