@@ -75,6 +75,8 @@ class TextPart:
     decode_errors: bool = False
     truncated: bool = False
     is_html: bool = False
+    #: The part's Content-Transfer-Encoding, lower case ("" when none was given).
+    transfer_encoding: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ class _Walker:
             plain=html_visible_text(text) if is_html else text,
             charset=charset, charset_known=known, decode_errors=errors,
             truncated=truncated, is_html=is_html,
+            transfer_encoding=str(part.get("Content-Transfer-Encoding", "")).strip().lower()[:40],
         ))
 
     def attachment(self, part: email.message.Message, content_type: str, filename: str,

@@ -8,7 +8,11 @@ Rules, and why they are there:
 
 * MISSING_DATE / INVALID_DATE / DATE_IN_FUTURE / DATE_IN_PAST: RFC 5322 requires Date;
   spamware forgets it or writes a clock far off (> 1 day ahead, > 7 days behind; mail
-  that waited in a queue for a week is rare and still only scores a little).
+  that waited in a queue for a week is rare and still only scores a little).  "Off" is
+  measured against the time the message was received, as SpamAssassin does: the date of
+  the topmost Received header (ours, or the last hop's), and only without a parseable one
+  against the clock.  A message re-scored later (explain, a corpus) is then judged by
+  when it arrived, not by how old it is now.
 * MISSING_MID / INVALID_MID: RFC 5322 asks for Message-ID as `<left@right>`.
 * FROM_NAME_OTHER_DOMAIN: the display name shows an address or domain that is not the
   From domain ("service@paypal.com" <x@example.test>): the classic phish.
@@ -65,18 +69,35 @@ def _first(transaction: Transaction, name: str) -> str | None:
     return None
 
 
+def parse_timestamp(value: str) -> float | None:
+    """An RFC 5322 date as a POSIX timestamp, or None when it is no date."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(" ".join(value.split()))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def received_time(transaction: Transaction) -> float | None:
+    """The date of the topmost Received header (the text after its last ";"), or None
+    when there is no Received header or its date does not parse."""
+    for _, header in transaction.headers_named("Received"):
+        _, semicolon, stamp = header.value.rpartition(";")
+        return parse_timestamp(stamp) if semicolon else None
+    return None
+
+
 def date_symbols(value: str | None, now: float) -> list[Symbol]:
+    """Date rules; `now` is when the message was received (see received_time)."""
     if value is None:
         return [Symbol("MISSING_DATE")]
-    try:
-        parsed = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return [Symbol("INVALID_DATE")]
-    if parsed is None:
-        return [Symbol("INVALID_DATE")]
-    try:
-        stamp = parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
+    stamp = parse_timestamp(value)
+    if stamp is None:
         return [Symbol("INVALID_DATE")]
     if stamp > now + FUTURE_SLACK:
         return [Symbol("DATE_IN_FUTURE")]
@@ -158,8 +179,10 @@ class HeaderHeuristics(Check[HeaderFindings]):
         from_value = _first(transaction, "From")
         local_domains = tuple({recipient.rpartition("@")[2].lower()
                                for recipient in transaction.recipients if "@" in recipient})
+        received = received_time(transaction)
         symbols = [
-            *date_symbols(_first(transaction, "Date"), self._clock()),
+            *date_symbols(_first(transaction, "Date"),
+                          self._clock() if received is None else received),
             *message_id_symbols(_first(transaction, "Message-ID")),
             *display_name_symbols(from_value, local_domains),
             *reply_to_symbols(_first(transaction, "Reply-To"), from_value),

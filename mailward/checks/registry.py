@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mailward.checks import (
+    advertising,
     arc,
     bayes,
     content,
@@ -23,13 +24,19 @@ from mailward.checks import (
     dmarc,
     dnsbl,
     gtube,
+    headerforms,
     headers,
+    htmlstyle,
     iprev,
     mime,
+    mimeform,
+    phrases,
+    received,
     rhsbl,
     spamd,
     spf,
     urilist,
+    urlforms,
 )
 from mailward.checks.base import BuildContext, Check, CheckSpec
 from mailward.configreader import ConfigError, ConfigProblem
@@ -54,6 +61,14 @@ SPECS: tuple[CheckSpec[Any], ...] = (
     headers.SPEC,
     content.SPEC,
     spamd.SPEC,
+    # rule heuristics added for rules-only accuracy (bench/rules_accuracy.py)
+    received.SPEC,
+    headerforms.SPEC,
+    mimeform.SPEC,
+    htmlstyle.SPEC,
+    urlforms.SPEC,
+    phrases.SPEC,
+    advertising.SPEC,
 )
 
 

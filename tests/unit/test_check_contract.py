@@ -92,7 +92,8 @@ def test_dmarc_without_dkim_verification_is_refused_at_start() -> None:
 def test_shipped_registry_order_is_the_a_r_order() -> None:
     checks = build_inbound_checks(Settings(), InMemoryResolver())
     assert names(checks) == ["iprev", "spf", "dkim", "arc", "dmarc", "mime", "gtube",
-                            "headers", "content"]
+                            "headers", "content", "received", "header_forms", "mime_form",
+                            "html_style", "url_forms", "phrases", "advertising"]
 
 
 def test_registry_names_and_result_keys_are_unique() -> None:

@@ -57,7 +57,7 @@ def pipeline(greylister: SpamGreylister | None, weight: float = 9.0) -> Pipeline
 def message(recipient: str = "b@example.net") -> Transaction:
     return Transaction(
         queue_id="Q1", mail_from="a@example.org", recipients=(recipient,),
-        headers=(Header("From", "a@example.org"), Header("Subject", "offer")),
+        headers=(Header("From", "a@example.org"), Header("Subject", "lunch")),
         body=ADD_HEADER_GTUBE.encode(), body_size=len(ADD_HEADER_GTUBE))
 
 
