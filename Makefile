@@ -72,3 +72,10 @@ clean:
 .PHONY: install
 install:
 	@DESTDIR="$(DESTDIR)" bash deploy/scripts/install.sh
+
+# The README's install section and the Ansible role, run for real on THIS machine's
+# Postfix and Dovecot (tests/system).  Changes /etc/postfix and /etc/dovecot (restored
+# afterwards) and needs port 25: never part of `make test`; CI runs it after.
+.PHONY: test-system
+test-system: venv
+	MAILWARD_SYSTEM_TESTS=1 $(PY) -m pytest tests/system --timeout=1200 $(PYTEST_ARGS)
