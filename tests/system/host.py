@@ -249,17 +249,20 @@ class StoredMessage:
 
 
 def stored_messages(user: str = MAILBOX_USER) -> list[StoredMessage]:
-    """Every message Dovecot stored in the user's INBOX, read back through doveadm."""
-    result = subprocess.run(["doveadm", "fetch", "-u", user, "text", "mailbox", "INBOX"],
-                            capture_output=True, timeout=60, check=False)
-    if result.returncode != 0:
+    """Every message Dovecot stored in the user's INBOX, read back through doveadm
+    (one fetch per UID: a fetch of several has no unambiguous separator)."""
+    search = subprocess.run(["doveadm", "search", "-u", user, "mailbox", "INBOX", "ALL"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    if search.returncode != 0:
         return []  # no mailbox yet
     messages = []
-    for chunk in result.stdout.split(b"\f\n"):
-        raw = chunk.removeprefix(b"text:\n").strip(b"\n") + b"\n"
-        if raw.strip():
-            messages.append(StoredMessage(raw, email.message_from_bytes(
-                raw, policy=email.policy.compat32)))
+    for line in search.stdout.splitlines():
+        uid = line.split()[1]
+        fetch = subprocess.run(["doveadm", "fetch", "-u", user, "text", "mailbox", "INBOX",
+                                "uid", uid], capture_output=True, timeout=60, check=True)
+        raw = fetch.stdout.removeprefix(b"text:\n")
+        messages.append(StoredMessage(raw, email.message_from_bytes(
+            raw, policy=email.policy.compat32)))
     return messages
 
 
@@ -271,8 +274,12 @@ def wait_for_stored(subject: str, timeout: float = 60) -> StoredMessage:
         found[:] = [m for m in stored_messages() if m.message.get("Subject") == subject]
         return bool(found)
 
+    def diagnostics() -> str:
+        subjects = [m.message.get("Subject") for m in stored_messages()]
+        return f"stored: {subjects}\n{postfix_log_tail()}"
+
     wait_until(delivered, timeout, f"message {subject!r} in {MAILBOX_USER}'s INBOX",
-               diagnostics=postfix_log_tail)
+               diagnostics=diagnostics)
     return found[0]
 
 
