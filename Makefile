@@ -76,6 +76,8 @@ install:
 # The README's install section and the Ansible role, run for real on THIS machine's
 # Postfix and Dovecot (tests/system).  Changes /etc/postfix and /etc/dovecot (restored
 # afterwards) and needs port 25: never part of `make test`; CI runs it after.
+# The README test first, then the role on the machine it restored.
 .PHONY: test-system
 test-system: venv
-	MAILWARD_SYSTEM_TESTS=1 $(PY) -m pytest tests/system --timeout=1200 $(PYTEST_ARGS)
+	MAILWARD_SYSTEM_TESTS=1 $(PY) -m pytest --timeout=1500 $(PYTEST_ARGS) \
+	  tests/system/test_readme_install.py tests/system/test_ansible_converge.py

@@ -28,10 +28,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.nameserver import AuthoritativeDns
 from tests.harness.process import HarnessError, unix_accepts, wait_until
 
 #: The mail domain of the admin's server, as in the README's configuration.
@@ -286,3 +287,28 @@ def wait_for_stored(subject: str, timeout: float = 60) -> StoredMessage:
 def postfix_log_tail() -> str:
     log = LOG_DIR / "postfix.log"
     return "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else ""
+
+
+@contextlib.contextmanager
+def existing_mail_server() -> Iterator[AuthoritativeDns]:
+    """The admin's running Postfix + Dovecot and the test's DNS server, for one test
+    module; afterwards Mailward is removed and the machine restored, even on failure."""
+    check_untouched_host()
+    backup = SystemBackup()
+    nameserver = AuthoritativeDns(backup.directory / "nsd")
+    try:
+        write_baseline()
+        nameserver.start()
+        yield nameserver
+    finally:
+        nameserver.close()
+        stop_mailward_services()
+        stop_mail_servers()
+        backup.restore()
+        uninstall_mailward()
+
+
+def service_logs() -> str:
+    """The logs of services started without systemd (for failure messages)."""
+    return "\n".join(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}"
+                     for log in sorted(Path("/var/log").glob("mailward-*.log")))
