@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -96,6 +97,13 @@ def build_wheel(directory: Path) -> Path:
 def converged() -> Iterator[Converged]:
     work = Path(tempfile.mkdtemp(prefix="mailward-ansible-"))
     work.chmod(0o755)
+    try:
+        yield from converge(work)
+    finally:
+        shutil.rmtree(work)
+
+
+def converge(work: Path) -> Iterator[Converged]:
     wheel = build_wheel(work)
     with host.existing_mail_server() as nameserver:
         extra_vars = work / "vars.json"
@@ -120,9 +128,6 @@ def converged() -> Iterator[Converged]:
                    and unix_accepts("/run/mailward/policyd.sock"), 60,
                    "the Mailward sockets", diagnostics=host.service_logs)
         yield Converged(nameserver, first, parse_recap(second_output), second_output)
-    for path in work.iterdir():
-        path.unlink()
-    work.rmdir()
 
 
 def test_the_role_is_lint_clean_in_the_production_profile():
