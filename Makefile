@@ -72,3 +72,14 @@ clean:
 .PHONY: install
 install:
 	@DESTDIR="$(DESTDIR)" bash deploy/scripts/install.sh
+
+# The README's install section and the Ansible role, run for real on THIS machine's
+# Postfix and Dovecot (tests/system).  Changes /etc/postfix and /etc/dovecot (restored
+# afterwards) and needs port 25: never part of `make test`; CI runs it after.
+# The README test first, then the role on the machine it restored, then the units
+# under systemd in a throw-away container of this machine's root.
+.PHONY: test-system
+test-system: venv
+	MAILWARD_SYSTEM_TESTS=1 $(PY) -m pytest --timeout=1500 $(PYTEST_ARGS) \
+	  tests/system/test_readme_install.py tests/system/test_ansible_converge.py \
+	  tests/system/test_units_under_systemd.py

@@ -33,6 +33,10 @@ core_packages+=(unbound ldnsutils)
 # A private spamd for the optional SpamAssassin backend's tests (tests/harness/spamd.py);
 # Debian 12 ships spamd in its own package, the rules in spamassassin.
 core_packages+=(spamassassin spamd)
+# ansible-lint --profile production deploy/ansible (tests/system/test_ansible_converge.py).
+core_packages+=(ansible-lint)
+# systemd-nspawn: the units under a real systemd (tests/system/test_units_under_systemd.py).
+core_packages+=(systemd-container)
 # Peers the benchmarks compare against (OpenDKIM is in core: interop tests use it).
 bench_packages=(rspamd postfix-policyd-spf-python dkimpy-milter)
 bench_packages+=(bogofilter)  # the Bayes accuracy peer (bench/bayes)
