@@ -165,7 +165,13 @@ def canonical_headers(
                     for index in select_headers(keys, wanted))
 
 
-def signature_header_data(canon: str, name: bytes, value: bytes) -> bytes:
+def signature_header_data(
+    canon: str, name: bytes, value: bytes, *, b_emptied: bool = False
+) -> bytes:
     """The signature field itself as it is hashed (RFC 6376 3.7, RFC 8617 4.1.2-3):
-    in `canon` form with b='s value emptied, without the final CRLF."""
-    return canonical_header(canon, name, strip_b_value(value))[:-2]
+    in `canon` form with b='s value emptied, without the final CRLF.
+
+    `b_emptied`: the caller has already emptied b= (`taglist.strip_b_from_specs` on
+    the specs it split the value into anyway), so the value is not split again.
+    """
+    return canonical_header(canon, name, value if b_emptied else strip_b_value(value))[:-2]

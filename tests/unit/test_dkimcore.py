@@ -10,12 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailward.dkimcore.arcset import instance_number, lenient_instance, seal_cv, split_aar
-from mailward.dkimcore.canon import Canon, parse_canonicalization
+from mailward.dkimcore.canon import Canon, parse_canonicalization, signature_header_data
 from mailward.dkimcore.taglist import (
     TagListError,
     colon_list,
+    lenient_from_specs,
     lenient_tags,
     parse_tag_list,
+    strict_tags,
+    strip_b_from_specs,
     strip_b_value,
     tag_specs,
 )
@@ -94,3 +97,34 @@ def test_arc_instances_as_the_sealer_reads_them():
     assert seal_cv(b" i=1; b=x") == ""
     assert [instance_number(text) for text in ("1", "50", "51", "0", "007", "٣")] == [
         1, 50, 51, None, None, None]
+
+
+@given(st.lists(st.sampled_from(["v", "a", "b", "bh", "h", "=", ";", " ", "\t", "\r\n ", "1",
+                                 "b=AB", "x-y", "\xff"]), max_size=30)
+       .map(lambda parts: "".join(parts).encode("utf-8", "surrogateescape")))
+def test_one_split_reads_like_three(value: bytes):
+    """The verifier splits a DKIM-Signature once (tag_specs) and reads the specs three
+    ways; each reading must equal the function that splits for itself, and the hashed
+    field must be the same octets either way."""
+    specs = tag_specs(value)
+    try:
+        expected: dict[str, bytes] | None = parse_tag_list(value)
+    except TagListError:
+        expected = None
+    try:
+        strict: dict[str, bytes] | None = strict_tags(specs)
+    except TagListError:
+        strict = None
+    assert strict == expected
+    assert lenient_from_specs(specs) == lenient_tags(value)
+    stripped = strip_b_from_specs(specs)
+    assert stripped == strip_b_value(value)
+    for canon in (Canon.SIMPLE, Canon.RELAXED):
+        assert signature_header_data(canon, b"DKIM-Signature", stripped, b_emptied=True) == (
+            signature_header_data(canon, b"DKIM-Signature", value))
+
+
+def test_tag_specs_are_immutable():
+    spec = tag_specs(b"v=1")[0]
+    with pytest.raises(AttributeError):
+        spec.value = b"2"  # type: ignore[misc]
