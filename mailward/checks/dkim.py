@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 import re
@@ -483,6 +484,13 @@ _KEY_CACHE_HIT = metrics.DKIM_KEY_CACHE_LOOKUPS.labels("hit")
 _KEY_CACHE_MISS = metrics.DKIM_KEY_CACHE_LOOKUPS.labels("miss")
 
 
+@functools.cache
+def _signature_counter(result: DkimResult, problem: DkimProblem | None) -> Any:
+    """The DKIM_SIGNATURES child for one (result, problem): looked up once per pair
+    (both enums, so the cache is bounded), not with labels() per signature."""
+    return metrics.DKIM_SIGNATURES.labels(result.value, problem.value if problem else "none")
+
+
 class DkimVerifier:
     """Verifies the DKIM signatures of inbound messages; one instance per configuration.
 
@@ -660,8 +668,7 @@ class DkimVerifier:
         self, transaction: Transaction, outcomes: Sequence[DkimOutcome], ignored: int
     ) -> None:
         for outcome in outcomes:
-            problem = outcome.problem.value if outcome.problem else "none"
-            metrics.DKIM_SIGNATURES.labels(outcome.result.value, problem).inc()
+            _signature_counter(outcome.result, outcome.problem).inc()
             level = logging.DEBUG if outcome.result is DkimResult.PASS else logging.INFO
             log.log(
                 level, "%s: dkim=%s d=%s s=%s a=%s b=%s%s", transaction.log_id,

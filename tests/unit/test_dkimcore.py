@@ -22,6 +22,7 @@ from mailward.dkimcore.taglist import (
     strip_b_value,
     tag_specs,
 )
+from mailward.dkimcore.text import printable
 from mailward.orgdomain import split_tags
 
 _PIECES = st.sampled_from(["v", "a", "b", "bh", "=", ";", " ", "\t", "\r\n ", "1", "x-y", "é"])
@@ -128,3 +129,24 @@ def test_tag_specs_are_immutable():
     spec = tag_specs(b"v=1")[0]
     with pytest.raises(AttributeError):
         spec.value = b"2"  # type: ignore[misc]
+
+
+def _printable_reference(value: bytes | str, limit: int) -> str:
+    """`text.printable` without its fast path, as it was written first."""
+    value = value[: limit * 4 + 16]
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    text = " ".join(text.split())
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(char if " " <= char <= "~" else "?" for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPORTED_PIECES = st.sampled_from(["example.org", "a", " ", "\t", "\r\n", "\x00", "\x7f",
+                                    "é", "\u2028", "~", "x" * 40, "\x1c"])
+
+
+@given(st.lists(_REPORTED_PIECES, max_size=12).map("".join), st.sampled_from([20, 40, 255]))
+def test_printable_fast_path_changes_nothing(text: str, limit: int):
+    assert printable(text, limit) == _printable_reference(text, limit)
+    raw = text.encode("utf-8")
+    assert printable(raw, limit) == _printable_reference(raw, limit)
