@@ -176,7 +176,13 @@ class DkimOutcome:
     testing: bool = False
 
 
-_ALL_WS = re.compile(rb"[ \t\r\n]+")
+#: FWS inside base64 tag values (b=, bh=, p=), removed with bytes.translate.
+_FWS_OCTETS = b" \t\r\n"
+
+
+def _without_fws(value: bytes) -> bytes:
+    """`value` without spaces, tabs, CRs and LFs (translate: one C pass, no regex)."""
+    return value.translate(None, _FWS_OCTETS)
 
 
 # --------------------------------------------------------------------------- signatures
@@ -334,7 +340,7 @@ def _header_name_ok(name: bytes) -> bool:
 
 
 def _base64(value: bytes, tag: str) -> bytes:
-    compact = _ALL_WS.sub(b"", value)
+    compact = _without_fws(value)
     if not _BASE64.fullmatch(compact) or len(compact) % 4 == 1:
         raise _permerror(DkimProblem.SYNTAX, f"{tag}= is not base64")
     try:
@@ -390,7 +396,7 @@ def parse_key_record(record: bytes) -> DkimKey:
         raise _permerror(DkimProblem.KEY_SYNTAX, "key record version is not DKIM1")
     if "p" not in tags:
         raise _permerror(DkimProblem.KEY_SYNTAX, "key record has no p=")
-    data = _ALL_WS.sub(b"", tags["p"])
+    data = _without_fws(tags["p"])
     if not data:
         raise _permerror(DkimProblem.KEY_REVOKED, "key revoked")
     key_type = tags.get("k", b"rsa").lower().decode("ascii", "replace")
@@ -736,7 +742,7 @@ def _outcome(
         selector=_printable(tags.get("s", b"")),
         algorithm=_printable(tags.get("a", b""), 40),
         identity=_printable(tags.get("i", b"")),
-        b_prefix=_printable(_ALL_WS.sub(b"", tags.get("b", b"")[:256])[:B_PREFIX_LENGTH]),
+        b_prefix=_printable(_without_fws(tags.get("b", b"")[:256])[:B_PREFIX_LENGTH]),
         position=position,
         verified=verified,
         key_bits=key_bits,

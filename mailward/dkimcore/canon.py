@@ -114,7 +114,9 @@ def header_key(name: bytes) -> bytes:
 def relaxed_header(name: bytes, value: bytes) -> bytes:
     """One header field canonicalized as RFC 6376 3.4.2 (relaxed), with its CRLF."""
     unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
-    compact = _WSP_RUN.sub(b" ", unfolded).strip(b" ")
+    if b"\t" in unfolded or b"  " in unfolded:  # else there is no run to squeeze
+        unfolded = _WSP_RUN.sub(b" ", unfolded)
+    compact = unfolded.strip(b" ")
     return header_key(name) + b":" + compact + CRLF
 
 
