@@ -140,16 +140,14 @@ def select_headers(keys: Sequence[bytes], wanted: Iterable[bytes]) -> list[int]:
     the bottom up; a name listed more often than it occurs (oversigning) refers to a
     non-existent field, which contributes nothing to the hash and nothing here.
     """
+    positions: dict[bytes, list[int]] = {}
+    for index, key in enumerate(keys):
+        positions.setdefault(key, []).append(index)
     chosen = []
-    last: dict[bytes, int] = {}
     for name in wanted:
-        index = last.get(name, len(keys))
-        while index > 0:
-            index -= 1
-            if keys[index] == name:
-                chosen.append(index)
-                break
-        last[name] = index
+        instances = positions.get(name)
+        if instances:  # the bottom-most instance not taken yet
+            chosen.append(instances.pop())
     return chosen
 
 

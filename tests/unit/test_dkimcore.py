@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailward.dkimcore.arcset import instance_number, lenient_instance, seal_cv, split_aar
-from mailward.dkimcore.canon import Canon, parse_canonicalization, signature_header_data
+from mailward.dkimcore.canon import (
+    Canon,
+    parse_canonicalization,
+    select_headers,
+    signature_header_data,
+)
 from mailward.dkimcore.taglist import (
     TagListError,
     colon_list,
@@ -150,3 +155,26 @@ def test_printable_fast_path_changes_nothing(text: str, limit: int):
     assert printable(text, limit) == _printable_reference(text, limit)
     raw = text.encode("utf-8")
     assert printable(raw, limit) == _printable_reference(raw, limit)
+
+
+def _select_reference(keys: list[bytes], wanted: list[bytes]) -> list[int]:
+    """RFC 6376 5.4.2 as first written: scan up from the last instance taken."""
+    chosen = []
+    last: dict[bytes, int] = {}
+    for name in wanted:
+        index = last.get(name, len(keys))
+        while index > 0:
+            index -= 1
+            if keys[index] == name:
+                chosen.append(index)
+                break
+        last[name] = index
+    return chosen
+
+
+_FIELD_NAMES = st.sampled_from([b"from", b"to", b"subject", b"received", b"x-a"])
+
+
+@given(st.lists(_FIELD_NAMES, max_size=12), st.lists(_FIELD_NAMES, max_size=12))
+def test_header_selection_takes_instances_bottom_up(keys: list[bytes], wanted: list[bytes]):
+    assert select_headers(keys, wanted) == _select_reference(keys, wanted)
