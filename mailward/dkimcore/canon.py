@@ -39,10 +39,15 @@ def parse_canonicalization(value: bytes) -> tuple[Canon, Canon] | None:
     RFC 6376 3.5: "c=relaxed" means relaxed/simple; the names are case-insensitive.
     """
     header, slash, body = value.decode("ascii", "replace").lower().partition("/")
-    try:
-        return Canon(header), Canon(body if slash else Canon.SIMPLE)
-    except ValueError:
+    header_canon = _CANON_NAMES.get(header)
+    body_canon = _CANON_NAMES.get(body) if slash else Canon.SIMPLE
+    if header_canon is None or body_canon is None:
         return None
+    return header_canon, body_canon
+
+
+#: c= names to algorithms: a dict lookup where Canon(name) costs an Enum call per name.
+_CANON_NAMES = {canon.value: canon for canon in Canon}
 
 
 # --------------------------------------------------------------------------- body
