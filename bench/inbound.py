@@ -110,7 +110,8 @@ enabled = true
 enabled = true
 """
 
-#: DKIM verification and nothing else.
+#: DKIM verification and nothing else: OpenDKIM scores no spam, so neither does this
+#: target ([scoring] off also turns off the header and content heuristics that feed it).
 MAILWARD_DKIM_ONLY = """
 [spf]
 enabled = false
@@ -125,6 +126,9 @@ verify = false
 enabled = false
 
 [dmarc]
+enabled = false
+
+[scoring]
 enabled = false
 """
 
@@ -398,8 +402,8 @@ class MailwardDkimVerify(MailwardInbound):
     expect = ("dkim=pass",)
     checks = MAILWARD_DKIM_ONLY
     description = (
-        "python -m mailward milter with only [dkim] verify (spf, iprev, dmarc off, "
-        "[arc] verify = false); workers from --mailward-workers"
+        "python -m mailward milter with only [dkim] verify (spf, iprev, dmarc, scoring "
+        "off, [arc] verify = false); workers from --mailward-workers"
     )
 
 

@@ -39,10 +39,15 @@ def parse_canonicalization(value: bytes) -> tuple[Canon, Canon] | None:
     RFC 6376 3.5: "c=relaxed" means relaxed/simple; the names are case-insensitive.
     """
     header, slash, body = value.decode("ascii", "replace").lower().partition("/")
-    try:
-        return Canon(header), Canon(body if slash else Canon.SIMPLE)
-    except ValueError:
+    header_canon = _CANON_NAMES.get(header)
+    body_canon = _CANON_NAMES.get(body) if slash else Canon.SIMPLE
+    if header_canon is None or body_canon is None:
         return None
+    return header_canon, body_canon
+
+
+#: c= names to algorithms: a dict lookup where Canon(name) costs an Enum call per name.
+_CANON_NAMES = {canon.value: canon for canon in Canon}
 
 
 # --------------------------------------------------------------------------- body
@@ -114,7 +119,9 @@ def header_key(name: bytes) -> bytes:
 def relaxed_header(name: bytes, value: bytes) -> bytes:
     """One header field canonicalized as RFC 6376 3.4.2 (relaxed), with its CRLF."""
     unfolded = value.replace(b"\r\n", b"").replace(b"\n", b"")
-    compact = _WSP_RUN.sub(b" ", unfolded).strip(b" ")
+    if b"\t" in unfolded or b"  " in unfolded:  # else there is no run to squeeze
+        unfolded = _WSP_RUN.sub(b" ", unfolded)
+    compact = unfolded.strip(b" ")
     return header_key(name) + b":" + compact + CRLF
 
 
@@ -138,16 +145,14 @@ def select_headers(keys: Sequence[bytes], wanted: Iterable[bytes]) -> list[int]:
     the bottom up; a name listed more often than it occurs (oversigning) refers to a
     non-existent field, which contributes nothing to the hash and nothing here.
     """
+    positions: dict[bytes, list[int]] = {}
+    for index, key in enumerate(keys):
+        positions.setdefault(key, []).append(index)
     chosen = []
-    last: dict[bytes, int] = {}
     for name in wanted:
-        index = last.get(name, len(keys))
-        while index > 0:
-            index -= 1
-            if keys[index] == name:
-                chosen.append(index)
-                break
-        last[name] = index
+        instances = positions.get(name)
+        if instances:  # the bottom-most instance not taken yet
+            chosen.append(instances.pop())
     return chosen
 
 
@@ -165,7 +170,13 @@ def canonical_headers(
                     for index in select_headers(keys, wanted))
 
 
-def signature_header_data(canon: str, name: bytes, value: bytes) -> bytes:
+def signature_header_data(
+    canon: str, name: bytes, value: bytes, *, b_emptied: bool = False
+) -> bytes:
     """The signature field itself as it is hashed (RFC 6376 3.7, RFC 8617 4.1.2-3):
-    in `canon` form with b='s value emptied, without the final CRLF."""
-    return canonical_header(canon, name, strip_b_value(value))[:-2]
+    in `canon` form with b='s value emptied, without the final CRLF.
+
+    `b_emptied`: the caller has already emptied b= (`taglist.strip_b_from_specs` on
+    the specs it split the value into anyway), so the value is not split again.
+    """
+    return canonical_header(canon, name, value if b_emptied else strip_b_value(value))[:-2]

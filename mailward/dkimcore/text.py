@@ -5,6 +5,8 @@ from __future__ import annotations
 #: Longest value reported for d=, s=, a= or i= (a domain name has at most 253 octets).
 MAX_REPORTED = 255
 
+_VISIBLE_ASCII = bytes(range(0x21, 0x7F))
+
 
 def printable(value: bytes | str, limit: int = MAX_REPORTED) -> str:
     """`value` as printable ASCII on one line, at most `limit` characters.
@@ -13,6 +15,14 @@ def printable(value: bytes | str, limit: int = MAX_REPORTED) -> str:
     line breaks there could forge log lines or header fields, and their length is the
     sender's choice, so both are bounded here (the work too, on absurd values).
     """
+    if len(value) <= limit:
+        # The common case (a d=, s= or a= value): visible ASCII without spaces is
+        # already what the rules below would make of it.
+        if isinstance(value, bytes):
+            if not value.translate(None, _VISIBLE_ASCII):
+                return value.decode("ascii")
+        elif value.isascii() and value.isprintable() and " " not in value:
+            return value
     value = value[: limit * 4 + 16]
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
     text = " ".join(text.split())

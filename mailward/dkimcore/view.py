@@ -23,16 +23,19 @@ from mailward.model import Transaction
 
 
 class MessageView:
-    """One message as the signatures see it; canonical forms are computed once, lazily."""
+    """One message as the signatures see it; canonical forms are computed once, lazily.
+
+    Only the field names are read up front (every h= selection needs them); a field's
+    value is turned into bytes when a signature covers it, and then kept.
+    """
 
     def __init__(self, transaction: Transaction) -> None:
         self.truncated = transaction.body_truncated
         self._transaction = transaction
-        self.headers = [
-            (message.header_name_bytes(h), message.header_value_bytes(h) + message.CRLF)
-            for h in transaction.headers
-        ]
-        self._keys = [header_key(name) for name, _ in self.headers]
+        self._fields = transaction.headers
+        self._names = [message.header_name_bytes(h) for h in self._fields]
+        self._keys = [header_key(name) for name in self._names]
+        self._simple: dict[int, bytes] = {}
         self._relaxed: dict[int, bytes] = {}
         self._bodies: dict[str, bytes] = {}
         self._digests: dict[tuple[str, str, int | None], bytes | None] = {}
@@ -62,25 +65,34 @@ class MessageView:
         return select_headers(self._keys, signed)
 
     def header(self, index: int, canon: str) -> bytes:
-        name, value = self.headers[index]
-        if canon == Canon.SIMPLE:
-            return name + b":" + value
-        cached = self._relaxed.get(index)
+        """The field at `index` in `canon` form, with its CRLF."""
+        forms = self._simple if canon == Canon.SIMPLE else self._relaxed
+        cached = forms.get(index)
         if cached is None:
-            cached = self._relaxed[index] = relaxed_header(name, value)
+            name = self._names[index]
+            value = message.header_value_bytes(self._fields[index]) + message.CRLF
+            simple = canon == Canon.SIMPLE
+            cached = name + b":" + value if simple else relaxed_header(name, value)
+            forms[index] = cached
         return cached
 
 
 def signed_data(
-    view: MessageView, signed_headers: Sequence[bytes], canon: str, own: tuple[bytes, bytes]
+    view: MessageView,
+    signed_headers: Sequence[bytes],
+    canon: str,
+    own: tuple[bytes, bytes],
+    *,
+    b_emptied: bool = False,
 ) -> bytes:
     """The canonical header data a signature covers (RFC 6376 3.7, RFC 8617 4.1.2).
 
     The headers named in `signed_headers` (lower-case names, h= order, repeated names
     taken bottom-up, absent ones contributing nothing) in `canon` ("simple" or
     "relaxed") form, then the signature field itself (`own`: its name as written and
-    its value) with b= emptied and without a final CRLF.
+    its value) with b= emptied and without a final CRLF.  `b_emptied`: `own`'s value
+    has b= emptied already (see `canon.signature_header_data`).
     """
     parts = [view.header(index, canon) for index in view.select(signed_headers)]
-    parts.append(signature_header_data(canon, *own))
+    parts.append(signature_header_data(canon, *own, b_emptied=b_emptied))
     return b"".join(parts)

@@ -10,15 +10,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailward.dkimcore.arcset import instance_number, lenient_instance, seal_cv, split_aar
-from mailward.dkimcore.canon import Canon, parse_canonicalization
+from mailward.dkimcore.canon import (
+    Canon,
+    parse_canonicalization,
+    select_headers,
+    signature_header_data,
+)
 from mailward.dkimcore.taglist import (
     TagListError,
     colon_list,
+    lenient_from_specs,
     lenient_tags,
     parse_tag_list,
+    strict_tags,
+    strip_b_from_specs,
     strip_b_value,
     tag_specs,
 )
+from mailward.dkimcore.text import printable
 from mailward.orgdomain import split_tags
 
 _PIECES = st.sampled_from(["v", "a", "b", "bh", "=", ";", " ", "\t", "\r\n ", "1", "x-y", "é"])
@@ -94,3 +103,78 @@ def test_arc_instances_as_the_sealer_reads_them():
     assert seal_cv(b" i=1; b=x") == ""
     assert [instance_number(text) for text in ("1", "50", "51", "0", "007", "٣")] == [
         1, 50, 51, None, None, None]
+
+
+@given(st.lists(st.sampled_from(["v", "a", "b", "bh", "h", "=", ";", " ", "\t", "\r\n ", "1",
+                                 "b=AB", "x-y", "\xff"]), max_size=30)
+       .map(lambda parts: "".join(parts).encode("utf-8", "surrogateescape")))
+def test_one_split_reads_like_three(value: bytes):
+    """The verifier splits a DKIM-Signature once (tag_specs) and reads the specs three
+    ways; each reading must equal the function that splits for itself, and the hashed
+    field must be the same octets either way."""
+    specs = tag_specs(value)
+    try:
+        expected: dict[str, bytes] | None = parse_tag_list(value)
+    except TagListError:
+        expected = None
+    try:
+        strict: dict[str, bytes] | None = strict_tags(specs)
+    except TagListError:
+        strict = None
+    assert strict == expected
+    assert lenient_from_specs(specs) == lenient_tags(value)
+    stripped = strip_b_from_specs(specs)
+    assert stripped == strip_b_value(value)
+    for canon in (Canon.SIMPLE, Canon.RELAXED):
+        assert signature_header_data(canon, b"DKIM-Signature", stripped, b_emptied=True) == (
+            signature_header_data(canon, b"DKIM-Signature", value))
+
+
+def test_tag_specs_are_immutable():
+    spec = tag_specs(b"v=1")[0]
+    with pytest.raises(AttributeError):
+        spec.value = b"2"  # type: ignore[misc]
+
+
+def _printable_reference(value: bytes | str, limit: int) -> str:
+    """`text.printable` without its fast path, as it was written first."""
+    value = value[: limit * 4 + 16]
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    text = " ".join(text.split())
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(char if " " <= char <= "~" else "?" for char in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPORTED_PIECES = st.sampled_from(["example.org", "a", " ", "\t", "\r\n", "\x00", "\x7f",
+                                    "é", "\u2028", "~", "x" * 40, "\x1c"])
+
+
+@given(st.lists(_REPORTED_PIECES, max_size=12).map("".join), st.sampled_from([20, 40, 255]))
+def test_printable_fast_path_changes_nothing(text: str, limit: int):
+    assert printable(text, limit) == _printable_reference(text, limit)
+    raw = text.encode("utf-8")
+    assert printable(raw, limit) == _printable_reference(raw, limit)
+
+
+def _select_reference(keys: list[bytes], wanted: list[bytes]) -> list[int]:
+    """RFC 6376 5.4.2 as first written: scan up from the last instance taken."""
+    chosen = []
+    last: dict[bytes, int] = {}
+    for name in wanted:
+        index = last.get(name, len(keys))
+        while index > 0:
+            index -= 1
+            if keys[index] == name:
+                chosen.append(index)
+                break
+        last[name] = index
+    return chosen
+
+
+_FIELD_NAMES = st.sampled_from([b"from", b"to", b"subject", b"received", b"x-a"])
+
+
+@given(st.lists(_FIELD_NAMES, max_size=12), st.lists(_FIELD_NAMES, max_size=12))
+def test_header_selection_takes_instances_bottom_up(keys: list[bytes], wanted: list[bytes]):
+    assert select_headers(keys, wanted) == _select_reference(keys, wanted)
