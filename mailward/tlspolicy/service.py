@@ -131,6 +131,9 @@ class TlsPolicyServer:
         self._tally_timer: asyncio.TimerHandle | None = None
         #: key -> (the known answer, its reply netstring): encoded once, not per lookup.
         self._wire: dict[str, tuple[TlsAnswer, bytes]] = {}
+        #: A whole request netstring, as read, -> its key: Postfix sends the same bytes
+        #: for a destination each time, so a repeat needs no decoding.
+        self._keys: dict[bytes, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -199,6 +202,7 @@ class TlsPolicyServer:
         })
         self.settings, self.engine = settings, engine
         self._wire.clear()
+        self._keys.clear()  # decoded again, under the new max_request_size
         runtime.set_log_level(settings.general.log_level)
         metrics.CONFIG_RELOADS.labels("ok").inc()
         log.info("configuration reloaded from %s", self.config_path)
@@ -233,22 +237,28 @@ class TlsPolicyServer:
 
     # ------------------------------------------------------------------ answers
 
-    def known_reply(self, lookup: Lookup, started: float) -> bytes | None:
-        """The reply netstring for a lookup already decided (no I/O: on the loop), or
+    def known_reply(self, key: str, started: float) -> bytes | None:
+        """The reply netstring for a key already decided (no I/O: on the loop), or
         None when it needs `decide`."""
-        known = self.engine.known_answer(lookup.key)
+        known = self.engine.known_answer(key)
         if known is None:
             return None
-        wire = self._wire.get(lookup.key)
+        wire = self._wire.get(key)
         if wire is None or wire[0] is not known:
             if len(self._wire) >= self.settings.tlspolicy.cache_entries:
                 self._wire.clear()  # a bound, like the engine's own
             wire = (known, encode_reply(known.reply))
-            self._wire[lookup.key] = wire
+            self._wire[key] = wire
         self._tally.count(known.kind.value, time.perf_counter() - started)
         if known.kind is AnswerKind.TEMP or log.isEnabledFor(logging.DEBUG):
             self._log(known, repeated=True)
         return wire[1]
+
+    def remember_request(self, request: bytes, key: str) -> None:
+        """`request` (exactly one netstring, just decoded) asks about `key`."""
+        if len(self._keys) >= self.settings.tlspolicy.cache_entries:
+            self._keys.clear()
+        self._keys[request] = key
 
     async def decide(self, lookup: Lookup) -> bytes:
         """Decide in the thread pool (blocking DNS and HTTPS) and encode the reply."""
@@ -327,7 +337,16 @@ class _Connection(asyncio.Protocol):
         self._last_activity = self._loop.time()
         server = self._server
         assert self._transport is not None
-        for event in self._decoder.feed(data):
+        if self.idle:
+            # The usual read: one whole request seen before, whose answer is known.
+            key = server._keys.get(data)
+            if key is not None and (reply := server.known_reply(key, started)) is not None:
+                self._transport.write(reply)
+                if server._stopping:
+                    self.close()
+                return
+        events = self._decoder.feed(data)
+        for event in events:
             if isinstance(event, SocketmapError):
                 server.report(event)
                 self.close()
@@ -335,11 +354,13 @@ class _Connection(asyncio.Protocol):
             if self._decision is not None or self._waiting:
                 self._waiting.append(event)
                 continue
-            reply = server.known_reply(event, started)
+            reply = server.known_reply(event.key, started)
             if reply is None:
                 self._start_decision(event)
             else:
                 self._transport.write(reply)
+                if len(events) == 1 and not self._decoder.pending:
+                    server.remember_request(data, event.key)
         if server._stopping and self.idle:
             self.close()
 
@@ -390,7 +411,7 @@ class _Connection(asyncio.Protocol):
         started = time.perf_counter()
         while self._waiting and self._decision is None:
             lookup = self._waiting.popleft()
-            reply = self._server.known_reply(lookup, started)
+            reply = self._server.known_reply(lookup.key, started)
             if reply is None:
                 self._start_decision(lookup)
             else:
