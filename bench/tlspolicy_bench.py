@@ -198,6 +198,7 @@ workers = {self.workers}
 class MailwardTlsPolicyW2(MailwardTlsPolicy):
     name = "mailward-tlspolicy-w2"
     workers = 2
+    optional = True  # measured when named in --only
     description = "the same with [tlspolicy] workers = 2"
 
 
