@@ -313,6 +313,7 @@ class _Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._eof = False  # the client has sent everything it will send
+        self._writes_paused = False
 
     @property
     def idle(self) -> bool:
@@ -384,12 +385,25 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client does not read its answers: stop reading its lookups."""
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self._writes_paused = True
+        self._update_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
+        self._writes_paused = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read only while answers can be written and no decision is in progress: a
+        client that sends lookups faster than they are answered waits in the kernel's
+        buffers, not in ours (at most one read's worth waits in `_waiting`)."""
+        if self._transport is None or self._closing or self._eof:
+            return
+        wanted = not self._writes_paused and self._decision is None
+        if wanted != self._transport.is_reading():
+            if wanted:
+                self._transport.resume_reading()
+            else:
+                self._transport.pause_reading()
 
     def close(self) -> None:
         self._closing = True
@@ -401,6 +415,7 @@ class _Connection(asyncio.Protocol):
     def _start_decision(self, lookup: Lookup) -> None:
         self._decision = self._loop.create_task(self._server.decide(lookup))
         self._decision.add_done_callback(self._decided)
+        self._update_reading()
 
     def _decided(self, task: asyncio.Task[bytes]) -> None:
         self._decision = None
@@ -418,6 +433,8 @@ class _Connection(asyncio.Protocol):
                 self._transport.write(reply)
         if self.idle and (self._server._stopping or self._eof):
             self.close()
+            return
+        self._update_reading()
 
     def _check_idle(self) -> None:
         """Close a connection nothing was heard from for `idle_timeout` seconds."""
