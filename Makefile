@@ -24,6 +24,7 @@ deps:
 
 deps-bench:
 	@bash deploy/scripts/install-system-deps.sh bench
+	@$(PYTHON) bench/peers/mta_sts_resolver.py --install || echo "postfix-mta-sts-resolver not installed: make bench skips the TLS policy peer"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -28,6 +28,8 @@ GOALS: tuple[Goal, ...] = (
          "inbound SPF+DKIM+ARC+DMARC, one process each"),
     Goal("mailward-dkim-verify", "opendkim-verify", 1.0, False, "DKIM verification alone"),
     Goal("mailward-policyd", "policyd-spf", 2.0, False, "policy service, {workload} workload"),
+    Goal("mailward-tlspolicy", "mta-sts-resolver", 2.0, True,
+         "TLS policy socketmap, warm cache"),
 )
 
 

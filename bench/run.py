@@ -269,6 +269,10 @@ class Target:
         """Start the service on `spec` and return it once it answers there."""
         raise NotImplementedError
 
+    def own_load(self, ctx: Context, spec: SocketSpec) -> Callable[[], LoadResult] | None:
+        """A load of the target's own protocol (bench.tlspolicy_bench); None: by kind."""
+        return None
+
     def _start(
         self, ctx: Context, spec: SocketSpec, argv: list[str], timeout: float = 60.0
     ) -> ServiceProcess:
@@ -572,7 +576,7 @@ class PolicydSpf(Target):
 
 def all_targets() -> list[Target]:
     """Every target, references first within each kind."""
-    from bench import inbound  # imported here: it builds on this module
+    from bench import inbound, tlspolicy_bench  # imported here: they build on this module
 
     return [
         EmptyMilter(),
@@ -585,6 +589,7 @@ def all_targets() -> list[Target]:
         DunnoPolicy(),
         MailwardPolicy(),
         *inbound.all_targets(),  # their own A/B groups: vs Rspamd, vs OpenDKIM verifying
+        *tlspolicy_bench.all_targets(),  # its own A/B group: vs postfix-mta-sts-resolver
     ]
 
 
@@ -619,7 +624,10 @@ def measure(
     ctx: Context, target: Target, service: ServiceProcess, spec: SocketSpec, socket_kind: str
 ) -> Measurement:
     s = ctx.settings
-    if target.kind == "milter":
+    own = target.own_load(ctx, spec)
+    if own is not None:
+        window, outcome = CpuWindow.measure(service, own)
+    elif target.kind == "milter":
         load = LoadConfig(
             concurrency=s.concurrency,
             duration=s.milter_duration,
@@ -936,7 +944,7 @@ def prepare_message(workdir: Path, notes: list[str]) -> tuple[bytes, str | None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench import inbound  # imported here: it builds on this module
+    from bench import inbound, tlspolicy_bench  # imported here: they build on this module
 
     settings = parse_settings(argv)
     targets = select_targets(settings.only)
@@ -956,12 +964,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.notes.append("nsd not installed: services resolve with the system resolver")
         with RssSampler() as sampler:
             for kind in ("milter", "policy"):
-                of_kind = [t for t in targets if t.kind == kind and not inbound.grouped(t)]
+                of_kind = [t for t in targets if t.kind == kind and not inbound.grouped(t)
+                           and not tlspolicy_bench.grouped(t)]
                 if not of_kind:
                     continue
                 for socket_kind in settings.sockets:
                     reports += run_group(ctx, sampler, kind, socket_kind, of_kind)
             reports += inbound.run_groups(ctx, sampler, targets)  # vs Rspamd, vs OpenDKIM
+            reports += tlspolicy_bench.run_groups(ctx, sampler, targets)
     finally:
         if dns is not None:
             dns.stop()
@@ -985,7 +995,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print()
     for kind, heading in headings.items():
-        shown = [r for r in reports if r.target.kind == kind and not inbound.grouped(r.target)]
+        shown = [r for r in reports if r.target.kind == kind and not inbound.grouped(r.target)
+                 and not tlspolicy_bench.grouped(r.target)]
         if shown:
             print(heading)
             print(table(shown, kind))
@@ -993,6 +1004,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     inbound_tables = inbound.tables(ctx, reports)
     if inbound_tables:
         print(inbound_tables + "\n")
+    tls_table = tlspolicy_bench.tables(ctx, reports)
+    if tls_table:
+        print(tls_table + "\n")
     print(
         "peak RSS: sum over the service's process tree, sampled every 0.25 s; svc/client "
         "CPU: cores used during a run; vs ref: median of A/B pair ratios (range)"

@@ -49,6 +49,14 @@ UNKNOWN_HOSTS = ClientNet("203.0.113.0/24", None, "unknown hosts")
 
 CLIENT_NETS = (ORG_SERVERS, COM_SERVERS, UNKNOWN_HOSTS)
 
+#: MTA-STS destinations for the TLS policy benchmark (bench.tlspolicy_bench): each has
+#: `_mta-sts` TXT and `mta-sts.DOMAIN` at STS_POLICY_ADDRESS, where the bench serves the
+#: policies over HTTPS on port 443 (postfix-mta-sts-resolver cannot be given a port).
+STS_POLICY_ADDRESS = "127.84.61.1"
+STS_ENFORCE_DOMAINS = tuple(f"sts{n}.example" for n in range(1, 19))
+STS_TESTING_DOMAINS = ("sts-testing1.example", "sts-testing2.example")
+STS_DOMAINS = STS_ENFORCE_DOMAINS + STS_TESTING_DOMAINS
+
 
 def reverse_zone(net: ClientNet) -> str:
     """The in-addr.arpa zone of a /24 or smaller network (by its first three octets)."""
@@ -97,4 +105,11 @@ def zones(dkim_public_key_b64: str | None) -> dict[str, list[str]]:
             assert name is not None
             rev.append(f"{str(address).rsplit('.', 1)[1]} IN PTR {name}.")
             forward.append(f"{name.removesuffix('.' + domain)} IN A {address}")
+    for domain in STS_DOMAINS:
+        out[domain] = [
+            '_mta-sts IN TXT "v=STSv1; id=20261203T000000"',
+            f"mta-sts IN A {STS_POLICY_ADDRESS}",
+            f"@ IN MX 10 mx.{domain}.",
+            "mx IN A 127.0.0.1",
+        ]
     return out

@@ -88,6 +88,8 @@ class TlsPolicySettings:
     max_connections: int = 1000
     max_request_size: int = 10_000
     threads: int = 16  # threads for DNS lookups and policy fetches
+    #: Processes accepting on `socket` (one asyncio loop uses one core); 1: no supervisor.
+    workers: int = 1
     fetch_timeout: float = 10.0
     max_policy_size: int = 64 * 1024
     policy_port: int = 443  # tests serve the policy on a high port
@@ -150,6 +152,7 @@ def read_tlspolicy(table: Table) -> TlsPolicySettings:
         max_request_size=table.number("max_request_size", int, defaults.max_request_size,
                                       256, 100_000),
         threads=table.number("threads", int, defaults.threads, 1, 1024),
+        workers=table.number("workers", int, defaults.workers, 1, 64),
         fetch_timeout=table.number("fetch_timeout", float, defaults.fetch_timeout, 0.1, 120.0),
         max_policy_size=table.number("max_policy_size", int, defaults.max_policy_size,
                                      1024, 1024 * 1024),

@@ -19,6 +19,7 @@ from enum import StrEnum
 DEFAULT_MAX_REQUEST = 10_000
 MAX_REPLY = 100_000
 _MAX_LENGTH_DIGITS = 7
+_COMMA = ord(",")
 
 
 class ErrorKind(StrEnum):
@@ -76,17 +77,25 @@ class SocketmapDecoder:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[Event]:
+        """The lookups completed by `data`.  Parsed in place: the common case, one whole
+        request per read, copies nothing into the buffer."""
         if self._dead:
             return []
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            view = bytes(self._buffer)
+        else:
+            view = data
         events: list[Event] = []
-        while self._buffer:
-            event = self._next()
+        position, size = 0, len(view)
+        while position < size:
+            event, position = self._next(view, position)
             if event is None:
                 break
             events.append(event)
             if isinstance(event, SocketmapError):
-                break
+                return events  # the buffer is already cleared; nothing more is read
+        self._buffer = bytearray(view[position:]) if position < size else bytearray()
         return events
 
     def eof(self) -> SocketmapError | None:
@@ -95,36 +104,38 @@ class SocketmapDecoder:
             return None
         return self._fail(ErrorKind.TRUNCATED, "connection closed inside a request")
 
-    def _next(self) -> Event | None:
-        buffer = self._buffer
-        colon = buffer.find(b":", 0, _MAX_LENGTH_DIGITS + 1)
+    def _next(self, view: bytes, position: int) -> tuple[Event | None, int]:
+        """The event starting at `position` and where the next one starts, or
+        (None, position) until more bytes arrive."""
+        colon = view.find(b":", position, position + _MAX_LENGTH_DIGITS + 1)
         if colon < 0:
-            if len(buffer) > _MAX_LENGTH_DIGITS or not bytes(buffer).isdigit():
+            rest = view[position:]
+            if len(rest) > _MAX_LENGTH_DIGITS or not rest.isdigit():
                 return self._fail(ErrorKind.BAD_LENGTH,
-                                  f"netstring length expected, got {bytes(buffer[:20])!r}")
-            return None
-        digits = bytes(buffer[:colon])
+                                  f"netstring length expected, got {rest[:20]!r}"), position
+            return None, position
+        digits = view[position:colon]
         if not digits.isdigit() or (len(digits) > 1 and digits.startswith(b"0")):
-            return self._fail(ErrorKind.BAD_LENGTH, f"bad netstring length {digits[:20]!r}")
+            return self._fail(ErrorKind.BAD_LENGTH,
+                              f"bad netstring length {digits[:20]!r}"), position
         length = int(digits)
         if length > self._max_request:
             return self._fail(ErrorKind.TOO_LARGE,
-                              f"request of {length} bytes exceeds {self._max_request}")
+                              f"request of {length} bytes exceeds {self._max_request}"), position
         end = colon + 1 + length
-        if len(buffer) <= end:
-            return None
-        if buffer[end] != ord(","):
-            return self._fail(ErrorKind.NO_COMMA, "netstring not terminated by ','")
-        payload = bytes(buffer[colon + 1:end])
-        del buffer[:end + 1]
+        if len(view) <= end:
+            return None, position
+        if view[end] != _COMMA:
+            return self._fail(ErrorKind.NO_COMMA, "netstring not terminated by ','"), position
         try:
-            text = payload.decode("utf-8")
+            text = view[colon + 1:end].decode("utf-8")
         except UnicodeDecodeError:
-            return self._fail(ErrorKind.BAD_ENCODING, "request is not UTF-8")
+            return self._fail(ErrorKind.BAD_ENCODING, "request is not UTF-8"), position
         name, sep, key = text.partition(" ")
         if not sep or not name or not key:
-            return self._fail(ErrorKind.NO_KEY, f"request without 'name key': {text[:60]!r}")
-        return Lookup(name, key)
+            return self._fail(ErrorKind.NO_KEY,
+                              f"request without 'name key': {text[:60]!r}"), position
+        return Lookup(name, key), end + 1
 
     def _fail(self, kind: ErrorKind, detail: str) -> SocketmapError:
         self._dead = True
