@@ -241,6 +241,8 @@ class Target:
     reference = False  # the baseline others are compared with
     optional = False  # measured only when named in --only (slow or niche)
     auth_user: str | None = None  # milter load as an authenticated (outbound) submission
+    sender = "alice@example.org"  # milter load: MAIL FROM and the client (bench.world)
+    client_ips: tuple[str, ...] = ("192.0.2.10",)
     description = ""
 
     def unavailable(self, ctx: Context) -> str | None:
@@ -250,6 +252,10 @@ class Target:
     def launch(self, ctx: Context, spec: SocketSpec) -> ServiceProcess:
         """Start the service on `spec` and return it once it answers there."""
         raise NotImplementedError
+
+    def measured(self, measurement: Measurement) -> None:
+        """Called after each load run while the service still runs (e.g. to read its
+        metrics); nothing by default."""
 
     def _start(
         self, ctx: Context, spec: SocketSpec, argv: list[str], timeout: float = 60.0
@@ -320,7 +326,8 @@ def mailward_unavailable(ctx: Context) -> str | None:
 
 
 def mailward_config(
-    ctx: Context, name: str, milter: SocketSpec, policyd: SocketSpec, extra: str = ""
+    ctx: Context, name: str, milter: SocketSpec, policyd: SocketSpec, extra: str = "",
+    metrics_listen: str = "",
 ) -> Path:
     """A configuration using only the keys DESIGN.md fixes (unknown keys are errors),
     plus `extra` TOML (e.g. [dkim.sign] for the signing targets)."""
@@ -348,7 +355,7 @@ socket = "{policyd}"
 workers = {ctx.settings.policyd_workers}
 
 [metrics]
-listen = ""
+listen = "{metrics_listen}"
 policyd_listen = ""
 
 [state]
@@ -554,7 +561,7 @@ class PolicydSpf(Target):
 
 def all_targets() -> list[Target]:
     """Every target, references first within each kind."""
-    from bench import inbound  # imported here: it builds on this module
+    from bench import inbound, scoring  # imported here: they build on this module
 
     return [
         EmptyMilter(),
@@ -567,6 +574,7 @@ def all_targets() -> list[Target]:
         DunnoPolicy(),
         MailwardPolicy(),
         *inbound.all_targets(),  # their own A/B groups: vs Rspamd, vs OpenDKIM verifying
+        *scoring.all_targets(),  # its own A/B group: spam scoring vs Rspamd
     ]
 
 
@@ -611,9 +619,9 @@ def measure(
         opts = MilterLoadOptions(
             socket=spec,
             message=ctx.message,
-            sender="alice@example.org",
+            sender=target.sender,
             recipients=(f"bob@{world.RECEIVER_DOMAIN}",),
-            client_ips=("192.0.2.10",),
+            client_ips=target.client_ips,
             auth_user=target.auth_user,
             messages_per_connection=s.messages_per_connection,
             load=load,
@@ -638,9 +646,11 @@ def measure(
         file=sys.stderr,
         flush=True,
     )
-    return Measurement(
+    measurement = Measurement(
         target.name, target.kind, socket_kind, outcome, window.service, window.machine
     )
+    target.measured(measurement)
+    return measurement
 
 
 @dataclass
@@ -917,7 +927,7 @@ def prepare_message(workdir: Path, notes: list[str]) -> tuple[bytes, str | None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench import inbound  # imported here: it builds on this module
+    from bench import inbound, scoring  # imported here: they build on this module
 
     settings = parse_settings(argv)
     targets = select_targets(settings.only)
@@ -937,12 +947,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             ctx.notes.append("nsd not installed: services resolve with the system resolver")
         with RssSampler() as sampler:
             for kind in ("milter", "policy"):
-                of_kind = [t for t in targets if t.kind == kind and not inbound.grouped(t)]
+                of_kind = [t for t in targets if t.kind == kind and not inbound.grouped(t)
+                           and not scoring.grouped(t)]
                 if not of_kind:
                     continue
                 for socket_kind in settings.sockets:
                     reports += run_group(ctx, sampler, kind, socket_kind, of_kind)
             reports += inbound.run_groups(ctx, sampler, targets)  # vs Rspamd, vs OpenDKIM
+            reports += scoring.run_groups(ctx, sampler, targets)  # spam scoring vs Rspamd
     finally:
         if dns is not None:
             dns.stop()
@@ -964,7 +976,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print()
     for kind, heading in headings.items():
-        shown = [r for r in reports if r.target.kind == kind and not inbound.grouped(r.target)]
+        shown = [r for r in reports if r.target.kind == kind and not inbound.grouped(r.target)
+                 and not scoring.grouped(r.target)]
         if shown:
             print(heading)
             print(table(shown, kind))
@@ -972,6 +985,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     inbound_tables = inbound.tables(ctx, reports)
     if inbound_tables:
         print(inbound_tables + "\n")
+    scoring_tables = scoring.tables(ctx, reports)
+    if scoring_tables:
+        print(scoring_tables + "\n")
     print(
         "peak RSS: sum over the service's process tree, sampled every 0.25 s; svc/client "
         "CPU: cores used during a run; vs ref: median of A/B pair ratios (range)"
