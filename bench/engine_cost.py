@@ -10,6 +10,7 @@ move) and the same per check, from the pipeline's own latency histograms.
 
     python -m bench.engine_cost [--config inbound|scoring] [--messages 2000]
                                 [--profile cprofile|pyinstrument] [--top 30]
+                                [--dump FILE.prof]
 
 Usage in A/B work: run it on two commits; compare the "CPU per message" lines.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import io
 import pstats
 import shutil
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--profile", choices=("cprofile", "pyinstrument"))
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--dump", type=Path, help="cprofile: also write the stats file")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="mailward-engine-cost-"))
@@ -165,15 +168,19 @@ def main(argv: list[str] | None = None) -> int:
                 profile = cProfile.Profile()
                 profile.runcall(body_fn)
                 stream = io.StringIO()
-                profile.dump_stats("/tmp/perfengine-last.prof")
+                if args.dump:
+                    profile.dump_stats(args.dump)
                 pstats.Stats(profile, stream=stream).sort_stats("tottime").print_stats(args.top)
                 profiler_output.append(stream.getvalue())
 
         elif args.profile == "pyinstrument":
-            from pyinstrument import Profiler  # a development tool, not a dependency
+            try:  # a development tool, not a dependency (pip install pyinstrument)
+                profiler_class = importlib.import_module("pyinstrument").Profiler
+            except ImportError:
+                sys.exit("pyinstrument is not installed (pip install pyinstrument)")
 
             def wrap(body_fn: Callable[[], None]) -> None:
-                profiler = Profiler(interval=0.0002)
+                profiler = profiler_class(interval=0.0002)
                 profiler.start()
                 body_fn()
                 profiler.stop()
