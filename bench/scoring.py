@@ -346,6 +346,21 @@ class ScoringTarget(Target):
         """After the sample check: the moment metrics deltas start from."""
 
 
+_TASK_TIME = re.compile(rb"rspamd_task_write_log: .* time: ([0-9.]+)ms")
+
+
+def rspamd_task_times(log: Path, offset: int) -> tuple[list[float], int]:
+    """Seconds of each task Rspamd logged after `offset` (its per-message scan time,
+    wall clock, DNS waits included), and the new offset."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return [], offset
+    return [float(m[1]) / 1000 for m in _TASK_TIME.finditer(data)], offset + len(data)
+
+
 class RspamdScoring(ScoringTarget):
     name = "rspamd-scoring"
     reference = True
@@ -385,8 +400,23 @@ class RspamdScoring(ScoringTarget):
                 warm.wait_ready(milter_probe(warm_spec), timeout=RspamdInbound.START_TIMEOUT)
             finally:
                 warm.stop()
-        argv = self.argv(ctx, spec, ctx.workdir / f"{self.name}-{spec.kind}")
+        directory = ctx.workdir / f"{self.name}-{spec.kind}"
+        self.log = directory / "log" / "rspamd.log"
+        argv = self.argv(ctx, spec, directory)
         return self._start(ctx, spec, argv, timeout=RspamdInbound.START_TIMEOUT)
+
+    log: Path | None = None
+    _log_offset = 0
+
+    def started(self, spec: SocketSpec) -> None:
+        if self.log is not None:
+            _, self._log_offset = rspamd_task_times(self.log, 0)
+        self.task_times: list[list[float]] = []
+
+    def measured(self, measurement: Measurement) -> None:
+        if self.log is not None:
+            times, self._log_offset = rspamd_task_times(self.log, self._log_offset)
+            self.task_times.append(times)
 
 
 class RspamdScoringW2(RspamdScoring):
@@ -514,6 +544,16 @@ def tables(ctx: Context, reports: Sequence[TargetReport]) -> str:
         sample = next(iter(target.samples.values()), "")
         if sample:
             lines.append(f"    {sample}")
+    for r in ours:
+        target = r.target
+        if isinstance(target, RspamdScoring) and getattr(target, "task_times", None):
+            runs = [t for t in target.task_times if t]
+            if runs:
+                means = sorted(sum(t) / len(t) for t in runs)
+                median = means[len(means) // 2]
+                lines.append(f"per-message cost, {target.name}: scan {median * 1e6:.0f} us/msg "
+                             f"(its log's task time: wall clock in the worker, DNS waits "
+                             f"included; median over {len(runs)} runs)")
     for r in ours:
         if isinstance(r.target, MailwardScoring) and r.target.costs:
             measured = [c for c in r.target.costs if c.messages]

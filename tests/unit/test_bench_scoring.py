@@ -174,3 +174,18 @@ def test_w2_goal_is_the_ratio_of_two_ratios_against_one_baseline() -> None:
         "inbound with spam scoring (issue 10), two processes each: mailward-scoring-w2 1.50x "
         "rspamd-scoring-w2 (goal >= 1.0x: met); p99 1.00x the reference's (goal <= 1.00x: met)",
     ]
+
+
+def test_rspamd_task_times_read_only_what_was_logged_since(tmp_path: Path) -> None:
+    log = tmp_path / "rspamd.log"
+    line = ("2026-12-03 13:18:01 #26471(normal) <72254c>; task; rspamd_task_write_log: id: "
+            "<x@example>, (default: T (add header): [12.60/15.00] [RBL_SBL(4.00)]), len: 4389, "
+            "time: {ms}ms, dns req: 3, digest: <1c>\n")
+    log.write_text(line.format(ms="20.000") + "2026-12-03 other line\n")
+    times, offset = scoring.rspamd_task_times(log, 0)
+    assert times == [0.02]
+    with log.open("a") as handle:
+        handle.write(line.format(ms="5.500") + line.format(ms="4.500"))
+    times, _ = scoring.rspamd_task_times(log, offset)
+    assert times == [0.0055, 0.0045]
+    assert scoring.rspamd_task_times(tmp_path / "missing.log", 7) == ([], 7)
