@@ -141,6 +141,38 @@ def auth_results(value: str) -> list[str]:
     return found
 
 
+#: Spam headers whose verdict and symbols are counted (bench/scoring.py): Mailward's and
+#: SpamAssassin's X-Spam-Status ("Yes, score=7.3 required=6.0 tests=A,B"), Rspamd's
+#: X-Spam-Status ("Yes, score=7.30") and X-Spamd-Result ("default: True [7.30 / 15.00];
+#: SYM(1.00)[detail]; ...").
+SPAM_STATUS = "x-spam-status"
+SPAMD_RESULT = "x-spamd-result"
+SPAM_PREFIX = "spam "  # load-statistics key prefix of the spam verdict/symbol counts
+_TESTS = re.compile(r"\btests=([A-Za-z0-9_,]*)")
+_RSPAMD_SYMBOL = re.compile(r"(?:^|;)\s*([A-Z][A-Z0-9_]*)\(")
+
+
+def spam_tokens(name: str, value: str) -> list[str]:
+    """``x-spam-status=yes`` and ``symbol=NAME`` tokens of one added spam header.
+
+    Counted per message like the A-R pairs, so a run shows that every message was
+    scored and which lists and rules fired, not only that a header was added.
+    """
+    name = name.lower()
+    text = " ".join(value.split())
+    found: list[str] = []
+    if name == SPAM_STATUS:
+        verdict = text.split(",", 1)[0].strip().lower()
+        if verdict in ("yes", "no"):
+            found.append(f"{SPAM_STATUS}={verdict}")
+        tests = _TESTS.search(re.sub(r",\s+", ",", text))  # folded at commas
+        if tests:
+            found += [f"symbol={t}" for t in tests[1].split(",") if t and t != "none"]
+    elif name == SPAMD_RESULT:
+        found += [f"symbol={m[1]}" for m in _RSPAMD_SYMBOL.finditer(text)]
+    return found
+
+
 WANT_NEGOTIATION = 1  # the SMFIC_OPTNEG answer (a raw packet)
 WANT_RESPONSE = 2  # a control reply with the modifications before it
 
@@ -239,6 +271,10 @@ def session_script(
             if isinstance(mod, AddHeader | InsertHeader) and mod.name.lower() == AUTH_RESULTS:
                 for found in auth_results(mod.value):
                     rec.stats[AUTH_PREFIX + found] += 1
+            elif isinstance(mod, AddHeader | InsertHeader) and mod.name.lower() in (
+                    SPAM_STATUS, SPAMD_RESULT):
+                for found in set(spam_tokens(mod.name, mod.value)):
+                    rec.stats[SPAM_PREFIX + found] += 1
         if state.closed_by_decision is not None:
             return b""  # shutdown / connection failure: Postfix drops the stream
     return pending + ENCODED_QUIT
@@ -270,10 +306,13 @@ def run_milter_load(opts: MilterLoadOptions) -> LoadResult:
     results = {
         k.removeprefix(AUTH_PREFIX): v for k, v in counts.items() if k.startswith(AUTH_PREFIX)
     }
+    spam = {
+        k.removeprefix(SPAM_PREFIX): v for k, v in counts.items() if k.startswith(SPAM_PREFIX)
+    }
     edits = {
         k: round(v / messages, 3)
         for k, v in sorted(counts.items())
-        if k not in decisions and not k.startswith(AUTH_PREFIX) and messages
+        if k not in decisions and not k.startswith((AUTH_PREFIX, SPAM_PREFIX)) and messages
     }
     result.extra.update(
         {
@@ -283,6 +322,7 @@ def run_milter_load(opts: MilterLoadOptions) -> LoadResult:
             "session_decisions": decisions,
             "messages": messages,
             "auth_results": dict(sorted(results.items())),
+            "spam_results": dict(sorted(spam.items())),
             "latency_from": "MAIL to final reply",
         }
     )

@@ -259,6 +259,8 @@ class Target:
     reference = False  # the baseline others are compared with
     optional = False  # measured only when named in --only (slow or niche)
     auth_user: str | None = None  # milter load as an authenticated (outbound) submission
+    sender = "alice@example.org"  # milter load: MAIL FROM and the client (bench.world)
+    client_ips: tuple[str, ...] = ("192.0.2.10",)
     description = ""
 
     def unavailable(self, ctx: Context) -> str | None:
@@ -272,6 +274,10 @@ class Target:
     def own_load(self, ctx: Context, spec: SocketSpec) -> Callable[[], LoadResult] | None:
         """A load of the target's own protocol (bench.tlspolicy_bench); None: by kind."""
         return None
+
+    def measured(self, measurement: Measurement) -> None:
+        """Called after each load run while the service still runs (e.g. to read its
+        metrics); nothing by default."""
 
     def _start(
         self, ctx: Context, spec: SocketSpec, argv: list[str], timeout: float = 60.0
@@ -342,7 +348,8 @@ def mailward_unavailable(ctx: Context) -> str | None:
 
 
 def mailward_config(
-    ctx: Context, name: str, milter: SocketSpec, policyd: SocketSpec, extra: str = ""
+    ctx: Context, name: str, milter: SocketSpec, policyd: SocketSpec, extra: str = "",
+    metrics_listen: str = "",
 ) -> Path:
     """A configuration using only the keys DESIGN.md fixes (unknown keys are errors),
     plus `extra` TOML (e.g. [dkim.sign] for the signing targets)."""
@@ -370,7 +377,7 @@ socket = "{policyd}"
 workers = {ctx.settings.policyd_workers}
 
 [metrics]
-listen = ""
+listen = "{metrics_listen}"
 policyd_listen = ""
 
 [state]
@@ -576,7 +583,7 @@ class PolicydSpf(Target):
 
 def all_targets() -> list[Target]:
     """Every target, references first within each kind."""
-    from bench import inbound, tlspolicy_bench  # imported here: they build on this module
+    from bench import inbound, scoring, tlspolicy_bench  # imported here: they build on this module
 
     return [
         EmptyMilter(),
@@ -590,6 +597,7 @@ def all_targets() -> list[Target]:
         MailwardPolicy(),
         *inbound.all_targets(),  # their own A/B groups: vs Rspamd, vs OpenDKIM verifying
         *tlspolicy_bench.all_targets(),  # its own A/B group: vs postfix-mta-sts-resolver
+        *scoring.all_targets(),  # its own A/B group: spam scoring vs Rspamd
     ]
 
 
@@ -637,9 +645,9 @@ def measure(
         opts = MilterLoadOptions(
             socket=spec,
             message=ctx.message,
-            sender="alice@example.org",
+            sender=target.sender,
             recipients=(f"bob@{world.RECEIVER_DOMAIN}",),
-            client_ips=("192.0.2.10",),
+            client_ips=target.client_ips,
             auth_user=target.auth_user,
             messages_per_connection=s.messages_per_connection,
             load=load,
@@ -665,9 +673,11 @@ def measure(
         file=sys.stderr,
         flush=True,
     )
-    return Measurement(
+    measurement = Measurement(
         target.name, target.kind, socket_kind, outcome, window.service, window.machine
     )
+    target.measured(measurement)
+    return measurement
 
 
 @dataclass
@@ -944,7 +954,7 @@ def prepare_message(workdir: Path, notes: list[str]) -> tuple[bytes, str | None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench import inbound, tlspolicy_bench  # imported here: they build on this module
+    from bench import inbound, scoring, tlspolicy_bench  # imported here: they build on this module
 
     settings = parse_settings(argv)
     targets = select_targets(settings.only)
@@ -965,13 +975,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with RssSampler() as sampler:
             for kind in ("milter", "policy"):
                 of_kind = [t for t in targets if t.kind == kind and not inbound.grouped(t)
-                           and not tlspolicy_bench.grouped(t)]
+                           and not tlspolicy_bench.grouped(t)
+                           and not scoring.grouped(t)]
                 if not of_kind:
                     continue
                 for socket_kind in settings.sockets:
                     reports += run_group(ctx, sampler, kind, socket_kind, of_kind)
             reports += inbound.run_groups(ctx, sampler, targets)  # vs Rspamd, vs OpenDKIM
             reports += tlspolicy_bench.run_groups(ctx, sampler, targets)
+            reports += scoring.run_groups(ctx, sampler, targets)  # spam scoring vs Rspamd
     finally:
         if dns is not None:
             dns.stop()
@@ -996,7 +1008,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for kind, heading in headings.items():
         shown = [r for r in reports if r.target.kind == kind and not inbound.grouped(r.target)
-                 and not tlspolicy_bench.grouped(r.target)]
+                 and not tlspolicy_bench.grouped(r.target)
+                 and not scoring.grouped(r.target)]
         if shown:
             print(heading)
             print(table(shown, kind))
@@ -1007,6 +1020,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tls_table = tlspolicy_bench.tables(ctx, reports)
     if tls_table:
         print(tls_table + "\n")
+    scoring_tables = scoring.tables(ctx, reports)
+    if scoring_tables:
+        print(scoring_tables + "\n")
     print(
         "peak RSS: sum over the service's process tree, sampled every 0.25 s; svc/client "
         "CPU: cores used during a run; vs ref: median of A/B pair ratios (range)"

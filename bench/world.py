@@ -57,6 +57,15 @@ STS_ENFORCE_DOMAINS = tuple(f"sts{n}.example" for n in range(1, 19))
 STS_TESTING_DOMAINS = ("sts-testing1.example", "sts-testing2.example")
 STS_DOMAINS = STS_ENFORCE_DOMAINS + STS_TESTING_DOMAINS
 
+#: The scoring comparison's lists (bench/scoring.py): a DNSBL for client addresses and a
+#: URI list for link domains, Spamhaus ZEN/DBL style return codes, private zones here.
+DNSBL_ZONE = "zen.dnsbl.test"
+URIBL_ZONE = "multi.uribl.test"
+#: A spam source: one of the unknown hosts (no PTR, in no SPF record), listed as SBL.
+LISTED_CLIENT = "203.0.113.66"
+#: The domain the spam links to, listed in the URI list (its registrable domain).
+LISTED_LINK_DOMAIN = "example.com"
+
 
 def reverse_zone(net: ClientNet) -> str:
     """The in-addr.arpa zone of a /24 or smaller network (by its first three octets)."""
@@ -93,6 +102,11 @@ def zones(dkim_public_key_b64: str | None) -> dict[str, list[str]]:
         '_dmarc IN TXT "v=DMARC1; p=quarantine"',
     ]
     out: dict[str, list[str]] = {"example.org": org, "example.com": com, "example.net": net}
+    listed = ".".join(reversed(LISTED_CLIENT.split(".")))
+    # RFC 5782 2.1: the test entries 127.0.0.2 (listed) and no 127.0.0.1 (not listed).
+    out[DNSBL_ZONE] = [f"{listed} IN A 127.0.0.2", f'{listed} IN TXT "bench: listed"',
+                       "2.0.0.127 IN A 127.0.0.2"]
+    out[URIBL_ZONE] = [f"{LISTED_LINK_DOMAIN} IN A 127.0.1.2", "test IN A 127.0.1.2"]
     for client_net in CLIENT_NETS:
         rev = out.setdefault(reverse_zone(client_net), [])
         if client_net.ptr_pattern is None:

@@ -110,14 +110,18 @@ def orphan_aar_claiming(
 ) -> tuple[RemoveHeader, ...]:
     """Removals for every AAR that names one of `our_names` and has no complete ARC set."""
     names = {_host(name) for name in our_names}
-    sealed = _instances(headers, ARC_SEAL) & _instances(headers, ARC_MESSAGE_SIGNATURE)
+    sealed: set[int] | None = None  # complete sets' instances, read only if an AAR claims us
     removals = []
     for occurrence, header in _numbered(headers, ARC_AUTHENTICATION_RESULTS):
         text = _FOLD.sub(" ", header.value)
         leading = _LEADING_INSTANCE.match(text)
         instance = int(leading.group(1)) if leading else None
         claimed = authserv_id_of(text[leading.end():]) if leading else None
-        if claimed in names and instance not in sealed:
+        if claimed not in names:
+            continue
+        if sealed is None:
+            sealed = _instances(headers, ARC_SEAL) & _instances(headers, ARC_MESSAGE_SIGNATURE)
+        if instance not in sealed:
             removals.append(RemoveHeader(ARC_AUTHENTICATION_RESULTS, occurrence))
     return tuple(reversed(removals))
 

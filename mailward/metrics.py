@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from mailward import metricvalues
+
+metricvalues.install()  # before the first metric below is made (see metricvalues.py)
+
 # Latency buckets for work that is usually sub-millisecond but may wait on DNS.
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -259,6 +259,12 @@ def _defect_name(defect: object) -> str:
 
 
 def _filename(part: email.message.Message) -> str:
+    # Both places a name can be given (Content-Disposition filename=, Content-Type name=,
+    # RFC 2231 forms included) spell "name" in the header get_param reads; without it,
+    # skip the email package's parameter parsing, the walk's costliest step per part.
+    declared = f"{part.get('Content-Disposition', '')}{part.get('Content-Type', '')}"
+    if "name" not in declared.lower():
+        return ""
     try:
         name = part.get_filename() or part.get_param("name") or ""
     except (ValueError, LookupError, TypeError):
@@ -351,4 +357,6 @@ def html_visible_text(html: str) -> str:
     # as text, as a browser would.  html.parser rarely complains; then keep what it has.
     with contextlib.suppress(AssertionError, ValueError):
         parser.feed(html)
-    return re.sub(r"\s+", " ", "".join(parser.pieces)).strip()
+    # White space runs collapsed to one space, ends stripped: split() and re's \s agree
+    # on what white space is (str.isspace), and the join is three times faster.
+    return " ".join("".join(parser.pieces).split())

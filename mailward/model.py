@@ -195,6 +195,10 @@ HeaderEdit = InsertHeader | AppendHeader | RemoveHeader
 
 
 _SYMBOL_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+#: Names that passed `_SYMBOL_NAME` already.  Checks emit a small fixed set of names for
+#: every message, so each is matched once per process instead of once per symbol; the
+#: set is bounded by the names the code and the configuration declare.
+_VALID_SYMBOL_NAMES: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -214,8 +218,12 @@ class Symbol:
     value: float | None = None
 
     def __post_init__(self) -> None:
+        if self.name in _VALID_SYMBOL_NAMES:
+            return
         if not _SYMBOL_NAME.fullmatch(self.name):
             raise ValueError(f"symbol name must be UPPER_SNAKE_CASE, got {self.name!r}")
+        if len(_VALID_SYMBOL_NAMES) < 4096:  # bounded whatever a caller makes up
+            _VALID_SYMBOL_NAMES.add(self.name)
 
     def __str__(self) -> str:
         return f"{self.name}({self.detail})" if self.detail else self.name

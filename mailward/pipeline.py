@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from mailward import authresults, dmarc_enforcement, dnsbudget, forgery, metrics, scoring
@@ -72,6 +73,36 @@ class ArcSealer(Protocol):
     ) -> Sequence[HeaderEdit]: ...
 
 
+class CheckMeter:
+    """One check's metric children, looked up once: `labels()` costs more than the
+    `observe()`/`inc()` it precedes, and the pipeline counts every check of every message."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seconds = metrics.CHECK_SECONDS.labels(name)
+        self._results: dict[str, Any] = {}
+
+    def result(self, label: str) -> Any:
+        """The mailward_check_results_total child for (this check, `label`)."""
+        child = self._results.get(label)
+        if child is None:
+            # Labels are the check's bounded result values, so this dict stays small.
+            child = self._results[label] = metrics.CHECK_RESULTS.labels(self.name, label)
+        return child
+
+
+_METERS: dict[str, CheckMeter] = {}
+
+
+def check_meter(name: str) -> CheckMeter:
+    """The CheckMeter of the check called `name` (made on first use, kept: check names
+    are the registry's fixed set)."""
+    meter = _METERS.get(name)
+    if meter is None:
+        meter = _METERS[name] = CheckMeter(name)
+    return meter
+
+
 @dataclass(frozen=True)
 class CheckRun:
     """One check's part in one message: its result, or that it raised."""
@@ -120,8 +151,10 @@ class InboundReport:
         """Names of the checks that raised (reported as temperror)."""
         return tuple(run.check.name for run in self.runs if run.failed)
 
-    @property
+    @cached_property
     def symbols(self) -> tuple[Symbol, ...]:
+        """Every run's symbols in check order (made once: scoring, autolearn and the
+        Verdict all read them)."""
         return tuple(symbol for run in self.runs for symbol in run.symbols())
 
     def auth_results(
@@ -332,6 +365,7 @@ class Pipeline:
 
     @staticmethod
     def _run(check: Check[Any], check_input: CheckInput) -> CheckRun:
+        meter = check_meter(check.name)
         started = time.perf_counter()
         try:
             result = check.evaluate(check_input)
@@ -341,11 +375,11 @@ class Pipeline:
             # report temperror so DMARC and policy treat it as "could not tell".
             log.exception("%s: check %s failed", check_input.transaction.log_id, check.name)
             metrics.ERRORS.labels(f"check_{check.name}").inc()
-            metrics.CHECK_RESULTS.labels(check.name, "error").inc()
+            meter.result("error").inc()
             return CheckRun(check, failed=True)
         finally:
-            metrics.CHECK_SECONDS.labels(check.name).observe(time.perf_counter() - started)
-        metrics.CHECK_RESULTS.labels(check.name, label).inc()
+            meter.seconds.observe(time.perf_counter() - started)
+        meter.result(label).inc()
         return CheckRun(check, result)
 
     # ------------------------------------------------------------------ outbound

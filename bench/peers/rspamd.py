@@ -71,6 +71,65 @@ LOCAL_D = {
 #: only sets up the helpers the plugins rely on.
 ENTRY_LUA = 'require "global_functions" ()\n'
 
+# --------------------------------------------------------------------------- scoring profile
+#
+# `--profile scoring` (bench/scoring.py): Rspamd as a spam filter with the modules that
+# correspond to Mailward's [scoring] checks.  The authentication modules above; `rbl` with
+# exactly two lists, both private zones of the bench's nsd (a DNSBL for the client address
+# and a URI list for link domains); the header and content rules Rspamd ships (its own
+# entry point, rules/rspamd.lua: regexp header/MIME/HTML rules, subject and Message-ID
+# checks, with the `regexp` and `chartable` C modules), `mime_types` (attachments) and
+# `phishing` (link text that shows another domain; no feeds); `milter_headers` writing
+# X-Spam-Status, X-Spam-Level and X-Spamd-Result (the symbols), so the load client can
+# check that every message was scored.  Statistics (Bayes), fuzzy, neural, greylisting,
+# reputation and every public network list stay off, as in Mailward's bench config.
+
+SCORING_MODULES = (*MODULES, "regexp", "chartable", "rbl", "mime_types", "phishing")
+
+#: Symbols of the two private lists and their weights: Mailward's shipped ones for the
+#: same return codes (mailward/scoring.py RBL_SBL, URIBL_LISTED).
+SCORING_WEIGHTS = {"RBL_SBL": 4.0, "RBL_LISTED": 2.0, "URIBL_LISTED": 4.0}
+
+
+def scoring_rbl_conf(dnsbl_zone: str, uribl_zone: str, whitelist: Path) -> str:
+    """override.d/rbl.conf: only the bench's two lists (the shipped file asks a dozen
+    public lists and fetches a whitelist map over HTTPS)."""
+    return f"""rbls {{
+  bench_dnsbl {{
+    symbol = "RBL_LISTED";
+    rbl = "{dnsbl_zone}";
+    checks = ["from"];
+    ipv4 = true;
+    ipv6 = true;
+    returncodes {{
+      RBL_SBL = "127.0.0.2";
+    }}
+  }}
+  bench_uribl {{
+    symbol = "URIBL_LISTED";
+    rbl = "{uribl_zone}";
+    checks = ["urls"];
+    ignore_defaults = true;
+    returncodes {{
+      URIBL_LISTED = "127.0.1.2";
+    }}
+  }}
+}}
+url_whitelist = [{_quote(whitelist)}];
+"""
+
+
+SCORING_LOCAL_D = {
+    **LOCAL_D,
+    "milter_headers.conf": (
+        'use = ["authentication-results", "x-spam-status", "x-spam-level", '
+        '"x-spamd-result"];\nskip_local = false;\nskip_authenticated = true;\n'
+        "extended_spam_headers = false;\n"
+    ),
+    # No phishing feeds: only the link-text-vs-target comparison, as Mailward's rule.
+    "phishing.conf": "openphish_enabled = false;\nphishtank_enabled = false;\n",
+}
+
 
 def bind_socket(spec: SocketSpec, mode: str = "0666") -> str:
     """A socket as Rspamd's bind_socket writes it."""
@@ -94,6 +153,14 @@ class RspamdSetup:
     dns: str  # "127.0.0.1:5353"
     hs_cache: Path | None = None  # shared hyperscan cache (default: directory/db)
     log_level: str = "notice"
+    profile: str = "auth"  # "auth" (MODULES only) or "scoring" (see SCORING_MODULES)
+    normal_workers: int | None = None  # None: Rspamd's default count
+    dnsbl_zone: str = ""  # scoring profile: the lists' zones
+    uribl_zone: str = ""
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return SCORING_MODULES if self.profile == "scoring" else MODULES
 
     @property
     def config(self) -> Path:
@@ -115,14 +182,27 @@ class RspamdSetup:
 
     def rspamd_conf(self) -> str:
         hs_cache = self.hs_cache or self.directory / "db"
-        includes = "".join(f'.include "$CONFDIR/modules.d/{m}.conf"\n' for m in MODULES)
+        includes = "".join(f'.include "$CONFDIR/modules.d/{m}.conf"\n' for m in self.modules)
+        scoring = self.profile == "scoring"
+        lua = "$RULESDIR/rspamd.lua" if scoring else str(self.directory / "rspamd.lua")
+        filters = "chartable,dkim,regexp" if scoring else "dkim"
+        workers = f"\n  count = {self.normal_workers};" if self.normal_workers else ""
+        weights = "".join(f"    {name} {{ weight = {weight}; }}\n"
+                          for name, weight in SCORING_WEIGHTS.items())
+        groups = f"""
+.include "$CONFDIR/composites.conf"
+group "bench_lists" {{
+  symbols {{
+{weights}  }}
+}}
+""" if scoring else ""
         return f"""# Written by bench.peers.rspamd: a private instance for one benchmark run.
-lua = {_quote(self.directory / "rspamd.lua")};
+lua = {_quote(lua)};
 
 .include "$CONFDIR/metrics.conf"
 .include "$CONFDIR/actions.conf"
 .include "$CONFDIR/groups.conf"
-{includes}
+{includes}{groups}
 modules {{
   path = "${{PLUGINSDIR}}";
 }}
@@ -130,7 +210,7 @@ modules {{
 options {{
   pidfile = "$RUNDIR/rspamd.pid";
   # C modules to load (Debian: chartable,dkim,regexp,fuzzy_check).
-  filters = "dkim";
+  filters = "{filters}";
   explicit_modules = [];
   dns {{
     nameserver = [{_quote(self.dns)}];
@@ -172,19 +252,27 @@ worker "rspamd_proxy" {{
 
 worker "normal" {{
   bind_socket = {_quote(bind_socket(SocketSpec("unix", path=str(self.normal_socket)), "0600"))};
-  mime = true;
+  mime = true;{workers}
 }}
 """
 
     def write(self) -> Path:
         """Write the configuration (and make its directories); return rspamd.conf."""
-        for sub in ("db", "run", "log", "tmp", "local.d"):
+        for sub in ("db", "run", "log", "tmp", "local.d", "override.d"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
         if self.hs_cache is not None:
             self.hs_cache.mkdir(parents=True, exist_ok=True)
         (self.directory / "rspamd.lua").write_text(ENTRY_LUA, encoding="utf-8")
-        for name, text in LOCAL_D.items():
+        local_d = SCORING_LOCAL_D if self.profile == "scoring" else LOCAL_D
+        for name, text in local_d.items():
             (self.directory / "local.d" / name).write_text(text, encoding="utf-8")
+        if self.profile == "scoring":
+            # An empty URL whitelist: the shipped one (a map fetched over HTTPS) lists
+            # the example.* domains the bench's spam links to.
+            whitelist = self.directory / "url-whitelist.inc"
+            whitelist.write_text("", encoding="utf-8")
+            (self.directory / "override.d" / "rbl.conf").write_text(
+                scoring_rbl_conf(self.dnsbl_zone, self.uribl_zone, whitelist), encoding="utf-8")
         self.config.write_text(self.rspamd_conf(), encoding="utf-8")
         return self.config
 
@@ -204,11 +292,11 @@ worker "normal" {{
         return [rspamadm, *self.var_args(), "configtest", "-s", "-c", str(self.config)]
 
 
-def unavailable() -> str | None:
+def unavailable(modules: tuple[str, ...] = MODULES) -> str | None:
     """Why Rspamd cannot run here, or None."""
     if shutil.which("rspamd") is None:
         return "rspamd not installed (Debian: rspamd)"
-    missing = [m for m in MODULES if not (SYSTEM_CONFDIR / "modules.d" / f"{m}.conf").exists()]
+    missing = [m for m in modules if not (SYSTEM_CONFDIR / "modules.d" / f"{m}.conf").exists()]
     if missing:
         return f"{SYSTEM_CONFDIR}/modules.d lacks {', '.join(missing)}"
     return None
@@ -223,12 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path, help="private configuration dir")
     parser.add_argument("--hs-cache", type=Path, help="hyperscan cache (shared between runs)")
     parser.add_argument("--log-level", default="notice")
+    parser.add_argument("--profile", choices=("auth", "scoring"), default="auth",
+                        help="auth: the authentication modules; scoring: also rbl, the "
+                        "shipped rules, mime_types, phishing, X-Spam-* headers")
+    parser.add_argument("--normal-workers", type=int, help="count of normal workers")
+    parser.add_argument("--dnsbl-zone", default="", help="scoring: the DNSBL's zone")
+    parser.add_argument("--uribl-zone", default="", help="scoring: the URI list's zone")
     parser.add_argument(
         "--check", action="store_true", help="run rspamadm configtest instead of rspamd"
     )
     args = parser.parse_args(argv)
     spec = SocketSpec.parse(args.socket)
-    setup = RspamdSetup(args.dir.resolve(), spec, args.dns, args.hs_cache, log_level=args.log_level)
+    setup = RspamdSetup(args.dir.resolve(), spec, args.dns, args.hs_cache,
+                        log_level=args.log_level, profile=args.profile,
+                        normal_workers=args.normal_workers, dnsbl_zone=args.dnsbl_zone,
+                        uribl_zone=args.uribl_zone)
     setup.write()
     if args.check:
         return subprocess.run(setup.configtest_argv(), check=False).returncode

@@ -82,6 +82,8 @@ class _Links(HTMLParser):
 
 
 def links(html: str) -> list[tuple[str, str]]:
+    if "<a" not in html and "<A" not in html:
+        return []  # html.parser only opens a tag at "<" + ASCII letter: no <a, no link
     parser = _Links()
     with contextlib.suppress(AssertionError, ValueError):  # keep what was found so far
         parser.feed(html)
@@ -97,6 +99,20 @@ def _host(url: str) -> str:
 
 def _base(domain: str) -> str:
     return ".".join(domain.lower().rstrip(".").split(".")[-2:])
+
+
+def _hides_text(html: str) -> bool:
+    """`_HIDDEN_STYLE` found in `html`, with a cheap look for its three words first.
+
+    Only for ASCII text: re.I lets "s" and "i" match the long s and the dotless i,
+    which lower() keeps, so other text goes to the expression directly.
+    """
+    if html.isascii():
+        lowered = html.lower()
+        if "display" not in lowered and "visibility" not in lowered \
+                and "font-size" not in lowered:
+            return False
+    return _HIDDEN_STYLE.search(html) is not None
 
 
 def link_symbols(parsed: ParsedMessage) -> list[Symbol]:
@@ -167,7 +183,7 @@ def content_symbols(parsed: ParsedMessage) -> tuple[Symbol, ...]:
     images = [a for a in parsed.attachments if a.content_type.startswith("image/")]
     if images and len(parsed.visible_text().strip()) < 200:
         symbols.append(Symbol("MOSTLY_IMAGES"))
-    if any(_HIDDEN_STYLE.search(part.text) for part in parsed.html_parts):
+    if any(_hides_text(part.text) for part in parsed.html_parts):
         symbols.append(Symbol("HTML_HIDDEN_TEXT"))
     symbols.extend(link_symbols(parsed))
     symbols.extend(attachment_symbols(parsed.attachments))
