@@ -34,14 +34,10 @@ this process a `Supervisor` of that many worker processes accepting on its socke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from mailward import metrics, runtime, sdnotify
-from mailward.config import ConfigError, Settings, SocketKind, load_settings
+from mailward.config import ConfigError, Settings, load_settings
 from mailward.policies.engine import DUNNO, PROTOCOL_STATES, PolicyAnswer, PolicyEngine
+from mailward.supervisor import WorkerPool, WorkerSupervisor
 from policyd.codec import PolicyDecoder, PolicyRequest, ProtocolError, encode_response
 from policyd.limits import OpenFilesLimit, connection_cap, raise_open_files_limit
 
@@ -440,7 +437,7 @@ async def serve_forever(server: PolicyServer) -> int:
     this process becomes their supervisor instead of serving (see `Supervisor`)."""
     if (server.settings.policyd.workers > 1 and server.listening is None
             and server.config_path is not None):
-        return await Supervisor(server).run()
+        return await _supervise(server)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -468,179 +465,27 @@ async def serve_forever(server: PolicyServer) -> int:
 _WORKER_BOOT = (
     "import sys; from policyd.server import worker_main; sys.exit(worker_main(sys.argv[1:]))"
 )
-_RESPAWN_WINDOW = 10.0  # seconds: a worker dying sooner than this counts as a crash loop
-_MAX_QUICK_DEATHS = 5
-_WORKER_STOP_TIMEOUT = 20.0
-
-
-def _listen(settings: Settings) -> socket.socket:
-    """Open `[policyd] socket` for the workers to share (raises OSError)."""
-    address = settings.policyd.socket
-    if address.kind is SocketKind.UNIX:
-        runtime.ensure_socket_directory(address)
-        if runtime.socket_in_use(address):
-            raise OSError(f"another process already listens on {address}")
-        runtime.remove_unix_socket(address)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(address.path)
-        runtime.apply_socket_permissions(address, settings.policyd.socket_permissions)
-    else:
-        family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _collect_from_workers(directory: str) -> None:
-    """Make this process's /metrics the sum of its workers': they write to `directory`
-    (prometheus_client's multiprocess mode); this process serves none itself, so its own
-    copies of Mailward's metrics are withdrawn, or each name would appear twice."""
-    from prometheus_client import REGISTRY
-    from prometheus_client import multiprocess as prometheus_multiprocess
-    from prometheus_client.metrics import MetricWrapperBase
-
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            with contextlib.suppress(KeyError):  # not registered (already withdrawn)
-                REGISTRY.unregister(value)
-    prometheus_multiprocess.MultiProcessCollector(REGISTRY, path=directory)  # type: ignore[no-untyped-call]
-
-
-class Supervisor:
-    """`workers` policy service processes on one socket.
-
-    One asyncio process uses one core, and SPF with cached DNS is CPU work; several
-    processes accepting on the same socket let the kernel spread Postfix's connections
-    over the cores.  This process opens the socket, starts the workers (fresh
-    interpreters running `worker_main`), passes SIGHUP on (each worker reloads its
-    configuration itself), replaces a worker that dies (and gives up on a crash loop),
-    and on SIGTERM stops them: each finishes the requests it has started.  Its metrics
-    endpoint sums theirs.
-    """
-
-    def __init__(self, server: PolicyServer) -> None:
-        assert server.config_path is not None
-        self.config_path = server.config_path
-        self.settings = server.settings
-        self.factory = server.factory
-        self._unused = server  # built by the caller; this process serves nothing
-        self._workers: dict[asyncio.subprocess.Process, float] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
-        self._stopping = False
-        self._quick_deaths = 0
-        self._failed = False
-        self._stop = asyncio.Event()
-        self._metrics_dir = ""
-        self._socket: socket.socket | None = None
-
-    async def run(self) -> int:
-        server = self._unused
-        server._retire(server._current)  # its engine (and state store) stays unused
-        server._executor.shutdown(wait=False)
-        spec = f"{self.factory.__module__}:{self.factory.__qualname__}"
-        if "<" in spec:
-            log.error("policyd.workers needs an importable engine factory, not %s", spec)
-            return 1
-        address = self.settings.policyd.socket
-        try:
-            self._socket = _listen(self.settings)
-        except (OSError, KeyError) as exc:
-            log.error("cannot listen on %s: %s", address, exc)
-            return 1
-        self._metrics_dir = tempfile.mkdtemp(prefix="mailward-policyd-metrics-")
-        _collect_from_workers(self._metrics_dir)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, sdnotify.reload_with(self._reload))
-        try:
-            log.info("mailward policyd listening on %s with %d workers",
-                     address, self.settings.policyd.workers)
-            for _ in range(self.settings.policyd.workers):
-                await self._spawn(spec)
-            sdnotify.ready()
-            await self._stop.wait()
-            sdnotify.stopping()
-            log.info("stopping: the workers finish their requests in progress")
-            await self._stop_workers()
-        finally:
-            self._socket.close()
-            runtime.remove_unix_socket(address)
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
-        log.info("mailward policyd stopped")
-        return 1 if self._failed else 0
-
-    async def _spawn(self, spec: str) -> None:
-        assert self._socket is not None
-        env = dict(os.environ)
-        env[runtime.MULTIPROC_ENV] = self._metrics_dir
-        env.pop(sdnotify.NOTIFY_SOCKET_ENV, None)  # only the main process notifies systemd
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        fd = self._socket.fileno()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _WORKER_BOOT, "--listen-fd", str(fd),
-            "--config", str(self.config_path), "--factory", spec,
-            pass_fds=(fd,), env=env, stdin=asyncio.subprocess.DEVNULL,
-        )
-        self._workers[process] = time.monotonic()
-        watcher = asyncio.create_task(self._watch(process, spec))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
-
-    async def _watch(self, process: asyncio.subprocess.Process, spec: str) -> None:
-        status = await process.wait()
-        started = self._workers.pop(process, time.monotonic())
-        from prometheus_client import multiprocess as prometheus_multiprocess
-
-        prometheus_multiprocess.mark_process_dead(process.pid, self._metrics_dir)  # type: ignore[no-untyped-call]
-        if self._stopping:
-            return
-        log.error("policy worker %d exited unexpectedly (status %s); starting a new one",
-                  process.pid, status)
-        if time.monotonic() - started < _RESPAWN_WINDOW:
-            self._quick_deaths += 1
-        if self._quick_deaths >= _MAX_QUICK_DEATHS:
-            log.critical("policy workers keep dying; giving up")
-            self._failed = True
-            self._stop.set()
-            return
-        await self._spawn(spec)
-
-    def _reload(self) -> None:
-        """Each worker reloads (and validates) the configuration itself."""
-        try:
-            settings = load_settings(self.config_path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running configuration: %s", exc)
-            return
-        for key in ("socket", "workers", "threads"):
-            if getattr(settings.policyd, key) != getattr(self.settings.policyd, key):
-                log.warning("policyd.%s changed: takes effect after a restart", key)
-        runtime.set_log_level(settings.general.log_level)
-        for process in self._workers:
-            if process.returncode is None:
-                process.send_signal(signal.SIGHUP)
-
-    async def _stop_workers(self) -> None:
-        self._stopping = True
-        for process in self._workers:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        waiting = [task for task in self._watchers if not task.done()]
-        if not waiting:
-            return
-        _, late = await asyncio.wait(waiting, timeout=_WORKER_STOP_TIMEOUT)
-        if late:
-            for process in self._workers:
-                if process.returncode is None:
-                    log.warning("policy worker %d did not stop in time; killing it",
-                                process.pid)
-                    process.kill()
-            await asyncio.wait(late, timeout=5.0)
+async def _supervise(server: PolicyServer) -> int:
+    """`[policyd] workers` processes on one socket (mailward.supervisor): this process
+    serves nothing itself, so the engine the caller built is retired unused."""
+    assert server.config_path is not None
+    server._retire(server._current)  # its engine (and state store) stays unused
+    server._executor.shutdown(wait=False)
+    settings = server.settings
+    pool = WorkerPool(
+        service="policyd",
+        worker_name="policy worker",
+        worker_boot=_WORKER_BOOT,
+        config_path=server.config_path,
+        factory_spec=f"{server.factory.__module__}:{server.factory.__qualname__}",
+        workers=settings.policyd.workers,
+        address=settings.policyd.socket,
+        permissions=settings.policyd.socket_permissions,
+        restart_keys=lambda old, new: {
+            f"policyd.{key}": (getattr(old.policyd, key), getattr(new.policyd, key))
+            for key in ("socket", "workers", "threads")},
+    )
+    return await WorkerSupervisor(pool, settings).run()
 
 
 def worker_main(argv: list[str]) -> int:

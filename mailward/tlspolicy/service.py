@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailward import metrics, runtime
-from mailward.config import ConfigError, Settings, SocketKind, load_settings
+from mailward.config import ConfigError, Settings, load_settings
+from mailward.supervisor import listen_shared
 from mailward.tlspolicy.engine import AnswerKind, TlsAnswer, TlsPolicyEngine
 from mailward.tlspolicy.mtasts import MemoryPolicyCache, PolicyCache
 from mailward.tlspolicy.socketmap import (
@@ -82,27 +83,8 @@ def open_cache(settings: Settings) -> PolicyCache:
 
 
 def listen(settings: Settings) -> socket.socket:
-    """Open `[tlspolicy] socket` (raises OSError): a unix socket is refused if another
-    process listens there, replaced if stale, and given its mode and group; TCP listens
-    with address reuse and a deep backlog (Postfix opens many connections).  Inheritable,
-    so that worker processes can share it."""
-    address = settings.tlspolicy.socket
-    if address.kind is SocketKind.UNIX:
-        runtime.ensure_socket_directory(address)
-        if runtime.socket_in_use(address):
-            raise OSError(f"another process already listens on {address}")
-        runtime.remove_unix_socket(address)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(address.path)
-        runtime.apply_socket_permissions(address, settings.tlspolicy.socket_permissions)
-    else:
-        family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
+    """Open `[tlspolicy] socket` (raises OSError), inheritable for worker processes."""
+    return listen_shared(settings.tlspolicy.socket, settings.tlspolicy.socket_permissions)
 
 
 class TlsPolicyServer:
@@ -477,9 +459,9 @@ async def serve_forever(server: TlsPolicyServer) -> int:
     this process becomes their supervisor instead of serving (mailward.tlspolicy.workers)."""
     if (server.settings.tlspolicy.workers > 1 and server.listening is None
             and server.config_path is not None):
-        from mailward.tlspolicy.workers import Supervisor
+        from mailward.tlspolicy.workers import supervise
 
-        return await Supervisor(server).run()
+        return await supervise(server)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
