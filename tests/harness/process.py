@@ -178,7 +178,8 @@ def _child_setup() -> None:
 
     If pytest is killed with SIGKILL no teardown runs; the kernel then sends SIGTERM to
     the daemon, which takes its own children down with it.  (The signal follows the
-    *thread* that forked, so start daemons from the main thread.)
+    *thread* that forked: `ManagedProcess.start` sets it only from the main thread, or a
+    daemon restarted by a test's helper thread would die when that thread ends.)
     """
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -251,7 +252,8 @@ class ManagedProcess:
             env=self.env,
             cwd=self.cwd,
             start_new_session=True,
-            preexec_fn=_child_setup if _bound_to_test_process else None,
+            preexec_fn=(_child_setup if _bound_to_test_process
+                        and threading.current_thread() is threading.main_thread() else None),
             umask=self.umask,
         )
         with _live_lock:

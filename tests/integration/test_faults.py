@@ -100,11 +100,9 @@ def stream_through_faults(stack: MailStack, sender, recipient: str, message_ids:
                           faults, recover=None) -> None:
     """Send `message_ids` as a stream while `faults` runs; assert each arrives exactly once.
 
-    `recover` runs in this (the test's) thread once the stream is sent and the faults are
-    over: a daemon restarted from the faults thread would die with that thread (the
-    harness binds children to their parent thread with PR_SET_PDEATHSIG).  Then the
-    sender's queue must drain, every message be in Dovecot exactly once, and nothing have
-    been bounced or refused with a 5xx.
+    `recover` runs once the stream is sent and the faults are over (so an outage it ends
+    lasts through the whole stream).  Then the sender's queue must drain, every message
+    be in Dovecot exactly once, and nothing have been bounced or refused with a 5xx.
     """
     chaos = threading.Thread(target=faults)
     chaos.start()
