@@ -61,3 +61,46 @@ def unreadable_reason(path: Path, account: Account) -> str | None:
     if not _allows(info, account, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH):
         return f"user {account.name} cannot read {path}"
     return None
+
+
+#: Where the shipped systemd units let a service write (RuntimeDirectory=mailward,
+#: StateDirectory=mailward; ReadWritePaths in deploy/systemd/): under ProtectSystem=strict
+#: a socket anywhere else cannot be created, whatever the file modes say.
+UNIT_WRITABLE_DIRECTORIES = (Path("/run/mailward"), Path("/var/lib/mailward"))
+
+
+def socket_directory_problem(socket_path: Path, account: Account) -> str | None:
+    """Why the service could not create a unix socket at `socket_path`, or None.
+
+    Under the units' writable directories: fine (systemd creates them for the service).
+    Elsewhere, the directory must exist and be writable by the account -- and then the
+    admin must also have added it to the unit's ReadWritePaths (a drop-in), which is
+    said, not checked: the unit may not be installed where check-config runs.
+    """
+    directory = socket_path.absolute().parent
+    if any(directory == root or root in directory.parents for root in UNIT_WRITABLE_DIRECTORIES):
+        return None
+    try:
+        info = directory.stat()
+    except OSError as exc:
+        return (f"{directory}: {exc.strerror}; the service cannot create its socket there "
+                f"(the units let it write only under "
+                f"{', '.join(map(str, UNIT_WRITABLE_DIRECTORIES))})")
+    if not _can_write(info, account):
+        return (f"user {account.name} cannot create files in {directory} (use a socket under "
+                f"/run/mailward, or give the account that directory and add it to the unit's "
+                f"ReadWritePaths)")
+    return None
+
+
+def _can_write(info: os.stat_result, account: Account) -> bool:
+    """Write and search permission together, for the class the account falls in."""
+    if account.uid == 0:
+        return True
+    if info.st_uid == account.uid:
+        bits = stat.S_IWUSR | stat.S_IXUSR
+    elif info.st_gid in account.gids:
+        bits = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        bits = stat.S_IWOTH | stat.S_IXOTH
+    return info.st_mode & bits == bits

@@ -46,11 +46,13 @@ def run_check_config(args: argparse.Namespace) -> int:
 
 
 def service_user_problems(settings: Settings, user: str) -> list[str]:
-    """Key files the service account could not read, though we (maybe root) can.
+    """Key files the service account could not read, though we (maybe root) can, and
+    unix sockets it could not create (outside the units' writable directories).
 
     Nothing to say when the account does not exist (a test or a staged install).
     """
-    from mailward.permissions import Account, unreadable_reason
+    from mailward.config import SocketKind
+    from mailward.permissions import Account, socket_directory_problem, unreadable_reason
 
     try:
         account = Account.lookup(user)
@@ -61,6 +63,13 @@ def service_user_problems(settings: Settings, user: str) -> list[str]:
         reason = unreadable_reason(key.key, account)
         if reason is not None:
             problems.append(f"dkim.sign.keys[{index}].key: {reason} (the services run as {user})")
+    sockets = {"milter.socket": settings.milter.socket, "policyd.socket": settings.policyd.socket,
+               "tlspolicy.socket": settings.tlspolicy.socket}
+    for setting, address in sockets.items():
+        if address.kind is SocketKind.UNIX:
+            reason = socket_directory_problem(Path(address.path), account)
+            if reason is not None:
+                problems.append(f"{setting}: {reason}")
     return problems
 
 

@@ -85,3 +85,36 @@ def test_generate_with_owner_hands_over_the_directory_it_creates(open_dir: Path)
                      "--owner", "nobody"]) == 0
     nobody = Account.lookup("nobody")
     assert unreadable_reason(keydir / "example.com.s1.key", nobody) is None
+
+
+def test_a_socket_under_the_units_writable_directories_is_fine(open_dir: Path):
+    from mailward.permissions import socket_directory_problem
+
+    assert socket_directory_problem(Path("/run/mailward/milter.sock"), SERVICE) is None
+    assert socket_directory_problem(Path("/var/lib/mailward/sub/x.sock"), SERVICE) is None
+
+
+def test_a_socket_elsewhere_needs_a_directory_the_account_may_write(open_dir: Path):
+    from mailward.permissions import socket_directory_problem
+
+    spool = open_dir / "spool"
+    spool.mkdir(mode=0o755)  # root's: the service may enter, not create
+    assert socket_directory_problem(spool / "milter.sock", SERVICE) == (
+        f"user svc cannot create files in {spool} (use a socket under /run/mailward, or give "
+        f"the account that directory and add it to the unit's ReadWritePaths)")
+    os.chown(spool, SERVICE.uid, -1)
+    assert socket_directory_problem(spool / "milter.sock", SERVICE) is None
+    missing = socket_directory_problem(open_dir / "nope" / "milter.sock", SERVICE)
+    assert missing is not None and missing.startswith(f"{open_dir / 'nope'}: No such file")
+
+
+def test_check_config_names_a_socket_the_service_user_cannot_create(
+    open_dir: Path, capsys: pytest.CaptureFixture[str]
+):
+    spool = open_dir / "postfix-spool"
+    spool.mkdir(mode=0o755)
+    config = open_dir / "mailward.toml"
+    config.write_text(f'[milter]\nsocket = "unix:{spool}/milter.sock"\n')
+    assert cli.main(["check-config", "-c", str(config), "--user", "nobody"]) == 1
+    err = capsys.readouterr().err
+    assert f"milter.socket: user nobody cannot create files in {spool}" in err
