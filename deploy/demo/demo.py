@@ -13,6 +13,7 @@ The daemons are started with the same harness the integration tests use
 from __future__ import annotations
 
 import argparse
+import email.message
 import json
 import os
 import shutil
@@ -27,7 +28,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.harness import MailStack, build_message  # noqa: E402
-from tests.harness.process import HarnessError, detach_from_test_process, stop_pid  # noqa: E402
+from tests.harness.process import (  # noqa: E402
+    HarnessError,
+    detach_from_test_process,
+    stop_pid,
+    wait_until,
+)
 
 DEMO_DIR = Path(os.environ.get("MAILWARD_DEMO_DIR", "/tmp/mailward-demo"))
 STATE_FILE = DEMO_DIR / "demo.json"
@@ -174,14 +180,17 @@ def show(stack: MailStack, sample: Sample, mailbox: str) -> None:
     print(f"  SMTP: {result.final[0]} {result.final[1]}")
     if not result.accepted:
         return
-    for folder in ("INBOX", "Junk"):
-        found = [m for m in stack.dovecot.messages(mailbox, folder) if m.get("Subject") == subject]
-        if found:
-            break
-    else:
-        stored = stack.dovecot.wait_for_message(
-            mailbox, "INBOX", lambda m: m.get("Subject") == subject, timeout=20)
-        found, folder = [stored], "INBOX"
+    def delivered() -> tuple[str, list[email.message.Message]] | None:
+        # Sieve may file it into Junk: look in both, until delivery (it is asynchronous).
+        for folder in ("INBOX", "Junk"):
+            found = [m for m in stack.dovecot.messages(mailbox, folder)
+                     if m.get("Subject") == subject]
+            if found:
+                return folder, found
+        return None
+
+    wait_until(lambda: delivered() is not None, 30, f"{subject!r} in INBOX or Junk")
+    folder, found = delivered() or ("", [])
     print(f"  Stored in: {folder}")
     for value in found[0].get_all("Authentication-Results", []):
         print(f"  Authentication-Results: {' '.join(str(value).split())}")
