@@ -181,6 +181,15 @@ def run_service(ctx: Context, opts: Options, count: int, name: str) -> PerMessag
     return PerMessage(count, cpu, instructions)
 
 
+def measured_message(ctx: Context, target: Target) -> bytes:
+    """The message `bench.run` sends `target`: the inbound targets get the ARC-sealed one."""
+    from bench import inbound
+
+    if isinstance(target, inbound.InboundTarget) and (ctx.workdir / inbound.SIGNING_KEY).exists():
+        return inbound.inbound_message(ctx)
+    return ctx.message
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="mailward-dkim-verify")
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         dns = DnsServer(workdir / "dns", dkim_key)
         dns.start()
         ctx.dns_port = dns.port
+        ctx.message = measured_message(ctx, find_target(opts.target))
         reason = find_target(opts.target).unavailable(ctx)
         if reason:
             print(f"{opts.target}: {reason}", file=sys.stderr)
