@@ -30,6 +30,7 @@ from mailward.checks import spf as spf_check
 from mailward.checks.base import Check, CheckInput, Results, Symbol
 from mailward.checks.registry import build_checks
 from mailward.config import Settings
+from mailward.dkimcore.view import message_scope
 from mailward.dns import Resolver
 from mailward.model import (
     Action,
@@ -350,17 +351,22 @@ class Pipeline:
         return SmtpReply("451", "4.7.1", "Greylisted, please try again later")
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
-        """Run the inbound checks in their order; each failure is contained."""
+        """Run the inbound checks in their order; each failure is contained.
+
+        One `message_scope` around them: DKIM and ARC share the message's canonical
+        forms and body hashes instead of each computing its own.
+        """
         results = Results()
         runs: list[CheckRun] = []
-        for check in self.inbound:
-            check_input = CheckInput(connection, transaction, results)
-            if not check.applies(check_input):
-                continue
-            run = self._run(check, check_input)
-            runs.append(run)
-            if not run.failed:
-                results = results.with_result(check.produces, run.result)
+        with message_scope(transaction):
+            for check in self.inbound:
+                check_input = CheckInput(connection, transaction, results)
+                if not check.applies(check_input):
+                    continue
+                run = self._run(check, check_input)
+                runs.append(run)
+                if not run.failed:
+                    results = results.with_result(check.produces, run.result)
         return InboundReport(connection, tuple(runs), results)
 
     @staticmethod
