@@ -74,7 +74,10 @@ class _Envelope:
     mail_params: dict[str, str | None] = field(default_factory=dict)
     recipients: list[str] = field(default_factory=list)
     headers: list[Header] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
+    # The chunks as libmilter handed them over, joined once at end of message (a single
+    # chunk, the common case, is used as it is: no copy at all).
+    body_chunks: list[bytes] = field(default_factory=list)
+    body_kept: int = 0  # bytes in body_chunks (at most max_body_size)
     body_size: int = 0
     header_bytes: int = 0
     header_overflow: bool = False  # more than max_headers/max_header_bytes; not all kept
@@ -240,9 +243,11 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
     def body(self, chunk: bytes) -> int:
         envelope = self._envelope
         envelope.body_size += len(chunk)
-        room = self._pipeline.settings.milter.max_body_size - len(envelope.body)
+        room = self._pipeline.settings.milter.max_body_size - envelope.body_kept
         if room > 0:
-            envelope.body += chunk[:room]
+            kept = chunk if len(chunk) <= room else chunk[:room]
+            envelope.body_chunks.append(kept)
+            envelope.body_kept += len(kept)
         return CONTINUE
 
     def eom(self) -> int:
@@ -294,7 +299,7 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
             mail_from=envelope.mail_from,
             recipients=tuple(envelope.recipients),
             headers=tuple(envelope.headers),
-            body=bytes(envelope.body),
+            body=b"".join(envelope.body_chunks),
             body_size=envelope.body_size,
             body_truncated=truncated,
             mail_params=dict(envelope.mail_params),
