@@ -125,6 +125,20 @@ def _guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_MESSAGE_COUNTERS: dict[tuple[str, str], Any] = {}
+
+
+def _message_counter(action: str, direction: str) -> Any:
+    """The mailward_milter_messages_total child for (action, direction), looked up once:
+    `labels()` costs more than the `inc()` it precedes, and every message counts."""
+    key = (action, direction)
+    child = _MESSAGE_COUNTERS.get(key)
+    if child is None:
+        # Both labels are enum values (a handful of actions, two directions): bounded.
+        child = _MESSAGE_COUNTERS[key] = metrics.MILTER_MESSAGES.labels(action, direction)
+    return child
+
+
 def _client_ip(family: int, hostaddr: Any) -> IPAddress | None:
     if family in (socket.AF_INET, socket.AF_INET6) and isinstance(hostaddr, tuple):
         try:
@@ -215,6 +229,12 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
         self._envelope.recipients.append(strip_angle_brackets(to))
         return CONTINUE
 
+    def header_bytes(self, fld: str, val: bytes) -> int:
+        """pymilter's entry for each header field, without its per-call look-up of a
+        decoding strategy: the value as UTF-8, undecodable bytes as surrogates (pymilter's
+        default, which `message.header_value_bytes` turns back into the bytes sent)."""
+        return self.header(fld, val.decode("utf-8", "surrogateescape"))
+
     @_guarded
     def header(self, name: str, value: str) -> int:
         # Leading-space mode: the value is exactly what followed the colon.  Without it
@@ -265,7 +285,7 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
             status = self._apply_reply_only(verdict)
         elapsed = time.perf_counter() - started
         metrics.MILTER_MESSAGE_SECONDS.observe(elapsed)
-        metrics.MILTER_MESSAGES.labels(verdict.action.value, verdict.direction.value).inc()
+        _message_counter(verdict.action.value, verdict.direction.value).inc()
         self._log_message(verdict, elapsed)
         self._envelope = _Envelope()
         return status
