@@ -104,6 +104,26 @@ def check_meter(name: str) -> CheckMeter:
     return meter
 
 
+class LabelChildren:
+    """A labelled metric's children, each looked up once (`labels()` costs about three
+    times the `inc()` after it; scoring counts a symbol per weighted hit per message).
+    Only for bounded label values: the dict keeps one child per value seen."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[str, Any] = {}
+
+    def child(self, label: str) -> Any:
+        found = self._children.get(label)
+        if found is None:
+            found = self._children[label] = self._metric.labels(label)
+        return found
+
+
+_SPAM_ACTIONS = LabelChildren(metrics.SPAM_ACTIONS)  # the scoring actions
+_SPAM_SYMBOLS = LabelChildren(metrics.SPAM_SYMBOLS)  # the registry's symbol names
+
+
 @dataclass(frozen=True)
 class CheckRun:
     """One check's part in one message: its result, or that it raised."""
@@ -289,10 +309,10 @@ class Pipeline:
             return unscored
         score = scoring.score_symbols(symbols, self.settings.scoring)
         metrics.SPAM_SCORE.observe(score.total)
-        metrics.SPAM_ACTIONS.labels(score.action.value).inc()
+        _SPAM_ACTIONS.child(score.action.value).inc()
         for hit in score.hits:
             if hit.weight:
-                metrics.SPAM_SYMBOLS.labels(hit.symbol.name).inc()
+                _SPAM_SYMBOLS.child(hit.symbol.name).inc()
         log.info("%s: spam %s", transaction.log_id, scoring.log_summary(score))
         spam_reason = f"spam score {score.total:.1f} ({score.action.value})"
         if score.forced_by:
