@@ -231,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         if cost.instructions is not None:
             baseline = run_service(ctx, opts, 0, "baseline")
             assert baseline.instructions is not None
+            if not baseline.instructions or not cost.instructions:
+                # A process stopped before valgrind wrote its dump (killed on a slow,
+                # loaded machine): a difference against 0 would look like a result.
+                print(f"{line}; no callgrind dump from the "
+                      f"{'baseline' if cost.instructions else 'measured'} run: no "
+                      f"instruction count", file=sys.stderr)
+                return 1
             per_message = (cost.instructions - baseline.instructions) / cost.messages
             line += (f"; {per_message:,.0f} instructions/msg (total {cost.instructions:,} "
                      f"minus {baseline.instructions:,} for start, warm-up and stop)")
