@@ -171,7 +171,9 @@ def run_service(ctx: Context, opts: Options, count: int, name: str) -> PerMessag
             send(ctx, target, spec, count, opts.concurrency)
         cpu = cpu_seconds(process_tree(service.pid)) - cpu_before
     finally:
-        service.stop()
+        # Under valgrind, exiting (and writing the dump) takes far longer than the usual
+        # 10 s grace on a loaded machine; a SIGKILL then loses that process's count.
+        service.stop(timeout=300.0 if opts.tool == "callgrind" else 10.0)
     if spy is not None:
         spy.send_signal(2)
         spy.wait(timeout=60)
