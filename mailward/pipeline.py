@@ -30,6 +30,7 @@ from mailward.checks import spf as spf_check
 from mailward.checks.base import Check, CheckInput, Results, Symbol
 from mailward.checks.registry import build_checks
 from mailward.config import Settings
+from mailward.dkimcore.view import message_scope
 from mailward.dns import Resolver
 from mailward.model import (
     Action,
@@ -101,6 +102,26 @@ def check_meter(name: str) -> CheckMeter:
     if meter is None:
         meter = _METERS[name] = CheckMeter(name)
     return meter
+
+
+class LabelChildren:
+    """A labelled metric's children, each looked up once (`labels()` costs about three
+    times the `inc()` after it; scoring counts a symbol per weighted hit per message).
+    Only for bounded label values: the dict keeps one child per value seen."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[str, Any] = {}
+
+    def child(self, label: str) -> Any:
+        found = self._children.get(label)
+        if found is None:
+            found = self._children[label] = self._metric.labels(label)
+        return found
+
+
+_SPAM_ACTIONS = LabelChildren(metrics.SPAM_ACTIONS)  # the scoring actions
+_SPAM_SYMBOLS = LabelChildren(metrics.SPAM_SYMBOLS)  # the registry's symbol names
 
 
 @dataclass(frozen=True)
@@ -288,10 +309,10 @@ class Pipeline:
             return unscored
         score = scoring.score_symbols(symbols, self.settings.scoring)
         metrics.SPAM_SCORE.observe(score.total)
-        metrics.SPAM_ACTIONS.labels(score.action.value).inc()
+        _SPAM_ACTIONS.child(score.action.value).inc()
         for hit in score.hits:
             if hit.weight:
-                metrics.SPAM_SYMBOLS.labels(hit.symbol.name).inc()
+                _SPAM_SYMBOLS.child(hit.symbol.name).inc()
         log.info("%s: spam %s", transaction.log_id, scoring.log_summary(score))
         spam_reason = f"spam score {score.total:.1f} ({score.action.value})"
         if score.forced_by:
@@ -350,17 +371,22 @@ class Pipeline:
         return SmtpReply("451", "4.7.1", "Greylisted, please try again later")
 
     def inbound_report(self, connection: Connection, transaction: Transaction) -> InboundReport:
-        """Run the inbound checks in their order; each failure is contained."""
+        """Run the inbound checks in their order; each failure is contained.
+
+        One `message_scope` around them: DKIM and ARC share the message's canonical
+        forms and body hashes instead of each computing its own.
+        """
         results = Results()
         runs: list[CheckRun] = []
-        for check in self.inbound:
-            check_input = CheckInput(connection, transaction, results)
-            if not check.applies(check_input):
-                continue
-            run = self._run(check, check_input)
-            runs.append(run)
-            if not run.failed:
-                results = results.with_result(check.produces, run.result)
+        with message_scope(transaction):
+            for check in self.inbound:
+                check_input = CheckInput(connection, transaction, results)
+                if not check.applies(check_input):
+                    continue
+                run = self._run(check, check_input)
+                runs.append(run)
+                if not run.failed:
+                    results = results.with_result(check.produces, run.result)
         return InboundReport(connection, tuple(runs), results)
 
     @staticmethod

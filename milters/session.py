@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 import Milter
 
@@ -44,11 +44,20 @@ INTERNAL_ERROR_REPLY = SmtpReply("451", "4.3.0", "Temporary local problem, pleas
 HEADER_OVERFLOW_REPLY = SmtpReply("552", "5.3.4", "Message header too large")
 
 # Macros worth keeping; Postfix sends them at the stages named in its milter_*_macros.
-_INTERESTING_MACROS = (
+# Those that describe the connection keep their value for its lifetime: once seen they
+# are not asked again.  Those of the message (queue id, envelope, SASL, TLS after
+# STARTTLS) are asked at MAIL FROM and at end of message, as before.
+_CONNECTION_MACROS = (
     "j", "_", "{daemon_name}", "{daemon_addr}", "{daemon_port}", "{client_addr}",
-    "{client_name}", "{client_ptr}", "{client_resolve}", "{auth_type}", "{auth_authen}",
-    "{tls_version}", "{cipher}", "i", "{mail_addr}", "{rcpt_addr}",
+    "{client_name}", "{client_ptr}", "{client_resolve}",
 )
+_MESSAGE_MACROS = (
+    "{auth_type}", "{auth_authen}", "{tls_version}", "{cipher}", "i", "{mail_addr}",
+    "{rcpt_addr}",
+)
+_INTERESTING_MACROS = _CONNECTION_MACROS + _MESSAGE_MACROS
+_CONNECTION_SET = frozenset(_CONNECTION_MACROS)
+_MACRO_KEYS = {name: name.strip("{}") for name in _INTERESTING_MACROS}  # as kept: no braces
 
 
 class PipelineSource(Protocol):
@@ -65,7 +74,10 @@ class _Envelope:
     mail_params: dict[str, str | None] = field(default_factory=dict)
     recipients: list[str] = field(default_factory=list)
     headers: list[Header] = field(default_factory=list)
-    body: bytearray = field(default_factory=bytearray)
+    # The chunks as libmilter handed them over, joined once at end of message (a single
+    # chunk, the common case, is used as it is: no copy at all).
+    body_chunks: list[bytes] = field(default_factory=list)
+    body_kept: int = 0  # bytes in body_chunks (at most max_body_size)
     body_size: int = 0
     header_bytes: int = 0
     header_overflow: bool = False  # more than max_headers/max_header_bytes; not all kept
@@ -79,23 +91,52 @@ CONTINUE: int = Milter.CONTINUE
 REJECT: int = Milter.REJECT
 TEMPFAIL: int = Milter.TEMPFAIL
 DISCARD: int = Milter.DISCARD
-noreply = cast(Callable[[F], F], Milter.noreply)
+
+
+NOREPLY: int = Milter.NOREPLY
 
 
 def _guarded(func: F) -> F:
-    """Catch what a callback raises: log it with the queue id, never crash libmilter."""
+    """Catch what a callback raises: log it with the queue id, never crash libmilter.
+
+    Also pymilter's `@noreply` in the same wrapper (one Python frame per callback, not
+    two: a message costs a dozen or more header callbacks): the callback is marked for
+    negotiation, and when the MTA agreed not to wait for this step's reply, CONTINUE is
+    answered as NOREPLY.
+    """
+    nr_mask: int = Milter.OPTIONAL_CALLBACKS[func.__name__][0]
 
     @functools.wraps(func)
     def wrapper(self: MilterSession, *args: Any) -> Any:
         try:
-            return func(self, *args)
+            rc = func(self, *args)
         except Exception:
             log.exception("%s: error in milter %s callback", self.log_id, func.__name__)
             metrics.ERRORS.labels("milter").inc()
             self._envelope.failed = True
-            return CONTINUE
+            rc = CONTINUE
+        if self._protocol & nr_mask:
+            if rc != CONTINUE:
+                raise RuntimeError(f"{func.__name__} return code must be CONTINUE with @noreply")
+            return NOREPLY
+        return rc
 
+    wrapper.milter_protocol = nr_mask  # type: ignore[attr-defined]  # read by negotiation
     return wrapper  # type: ignore[return-value]
+
+
+_MESSAGE_COUNTERS: dict[tuple[str, str], Any] = {}
+
+
+def _message_counter(action: str, direction: str) -> Any:
+    """The mailward_milter_messages_total child for (action, direction), looked up once:
+    `labels()` costs more than the `inc()` it precedes, and every message counts."""
+    key = (action, direction)
+    child = _MESSAGE_COUNTERS.get(key)
+    if child is None:
+        # Both labels are enum values (a handful of actions, two directions): bounded.
+        child = _MESSAGE_COUNTERS[key] = metrics.MILTER_MESSAGES.labels(action, direction)
+    return child
 
 
 def _client_ip(family: int, hostaddr: Any) -> IPAddress | None:
@@ -128,11 +169,16 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
     def log_id(self) -> str:
         return self._macros.get("i") or "NOQUEUE"
 
-    def _collect_macros(self) -> None:
-        for name in _INTERESTING_MACROS:
+    def _collect_macros(self, names: tuple[str, ...] = _INTERESTING_MACROS) -> None:
+        """Record the values of `names` the MTA sent; connection macros only until seen."""
+        macros = self._macros
+        for name in names:
+            key = _MACRO_KEYS[name]
+            if key in macros and name in _CONNECTION_SET:
+                continue  # a connection's value does not change: not asked again
             value = self._macro(name)
             if value:
-                self._macros[name.strip("{}")] = value
+                macros[key] = value
 
     def _macro(self, name: str) -> str | None:
         """A macro's value, decoded tolerantly.
@@ -152,7 +198,6 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
 
     # ------------------------------------------------------------------ callbacks
 
-    @noreply
     @_guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
         metrics.MILTER_SESSIONS.inc()
@@ -166,13 +211,11 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
         )
         return CONTINUE
 
-    @noreply
     @_guarded
     def hello(self, heloname: str) -> int:
         self._connection = replace(self._connection, helo=heloname)
         return CONTINUE
 
-    @noreply
     @_guarded
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._envelope = _Envelope()
@@ -181,13 +224,17 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
         self._envelope.mail_params = Milter.param2dict(params)
         return CONTINUE
 
-    @noreply
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
         self._envelope.recipients.append(strip_angle_brackets(to))
         return CONTINUE
 
-    @noreply
+    def header_bytes(self, fld: str, val: bytes) -> int:
+        """pymilter's entry for each header field, without its per-call look-up of a
+        decoding strategy: the value as UTF-8, undecodable bytes as surrogates (pymilter's
+        default, which `message.header_value_bytes` turns back into the bytes sent)."""
+        return self.header(fld, val.decode("utf-8", "surrogateescape"))
+
     @_guarded
     def header(self, name: str, value: str) -> int:
         # Leading-space mode: the value is exactly what followed the colon.  Without it
@@ -212,14 +259,15 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
         envelope.headers.append(Header(name, value))
         return CONTINUE
 
-    @noreply
     @_guarded
     def body(self, chunk: bytes) -> int:
         envelope = self._envelope
         envelope.body_size += len(chunk)
-        room = self._pipeline.settings.milter.max_body_size - len(envelope.body)
+        room = self._pipeline.settings.milter.max_body_size - envelope.body_kept
         if room > 0:
-            envelope.body += chunk[:room]
+            kept = chunk if len(chunk) <= room else chunk[:room]
+            envelope.body_chunks.append(kept)
+            envelope.body_kept += len(kept)
         return CONTINUE
 
     def eom(self) -> int:
@@ -237,7 +285,7 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
             status = self._apply_reply_only(verdict)
         elapsed = time.perf_counter() - started
         metrics.MILTER_MESSAGE_SECONDS.observe(elapsed)
-        metrics.MILTER_MESSAGES.labels(verdict.action.value, verdict.direction.value).inc()
+        _message_counter(verdict.action.value, verdict.direction.value).inc()
         self._log_message(verdict, elapsed)
         self._envelope = _Envelope()
         return status
@@ -257,9 +305,10 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
     def _transaction(self) -> Transaction:
         envelope = self._envelope
         auth_user = self._macros.get("auth_authen") or None
-        if auth_user != self._connection.auth_user:
-            self._connection = replace(self._connection, auth_user=auth_user)
-        self._connection = replace(self._connection, macros=dict(self._macros))
+        # One replace (each costs a dataclass construction); the macros are copied so
+        # the Connection the checks see does not change under them with the next message.
+        self._connection = replace(self._connection, auth_user=auth_user,
+                                   macros=dict(self._macros))
         max_body = self._pipeline.settings.milter.max_body_size
         truncated = envelope.body_size > max_body
         if truncated:
@@ -270,7 +319,7 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
             mail_from=envelope.mail_from,
             recipients=tuple(envelope.recipients),
             headers=tuple(envelope.headers),
-            body=bytes(envelope.body),
+            body=b"".join(envelope.body_chunks),
             body_size=envelope.body_size,
             body_truncated=truncated,
             mail_params=dict(envelope.mail_params),

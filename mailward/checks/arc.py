@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -102,7 +101,7 @@ from mailward.dkimcore.canon import (
     signature_header_data,
 )
 from mailward.dkimcore.taglist import TagListError, colon_list, parse_tag_list
-from mailward.dkimcore.view import MessageView, signed_data
+from mailward.dkimcore.view import MessageView, signed_data, view_of
 from mailward.dns import Resolver
 from mailward.model import (
     AuthProperty,
@@ -434,7 +433,7 @@ class _Checker:
 
     def _message(self) -> MessageView:
         if self._view is None:
-            self._view = MessageView(self._transaction)
+            self._view = view_of(self._transaction)  # DKIM's, inside the pipeline's scope
         return self._view
 
     def _body_problem(self, sig: Mapping[str, bytes]) -> str:
@@ -442,16 +441,20 @@ class _Checker:
         algorithms = parse_canonicalization(sig["c"])
         if algorithms is None:
             return f"invalid c= value: {_printable(sig['c'].decode('ascii', 'replace'))[:40]}"
-        body = self._message().canonical_body(algorithms[1])
+        length: int | None = None
         if "l" in sig:
             if not sig["l"].isdigit():
                 return "l= value is not a decimal integer"
-            body = body[: int(sig["l"])]
+            length = int(sig["l"])
         try:
             expected = base64.b64decode(re.sub(rb"\s+", b"", sig["bh"]), validate=True)
         except binascii.Error:
             return "bh= value is not valid base64"
-        if hashlib.sha256(body).digest() != expected:  # a=rsa-sha256 is ARC's only algorithm
+        view = self._message()
+        if length is not None and length >= len(view.canonical_body(algorithms[1])):
+            length = None  # an l= past the end covers the whole body (no "too short" here)
+        # a=rsa-sha256 is ARC's only algorithm; the digest is DKIM's when it hashed the same.
+        if view.body_digest(algorithms[1], "sha256", length) != expected:
             return "body hash did not verify"
         return ""
 

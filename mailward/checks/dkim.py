@@ -93,7 +93,7 @@ from mailward.dkimcore.taglist import (
     tag_specs,
 )
 from mailward.dkimcore.text import printable as _printable
-from mailward.dkimcore.view import MessageView, signed_data
+from mailward.dkimcore.view import MessageView, signed_data, view_of
 from mailward.dns import Outcome, Resolver
 from mailward.model import AuthProperty, AuthResult, Connection, Header, Transaction
 from mailward.ttlcache import TtlCache
@@ -538,7 +538,7 @@ class DkimVerifier:
         chosen = signatures
         if len(signatures) > cap:
             chosen = self._choose(signatures, fromheader.author_domain(transaction), cap)
-        view = MessageView(transaction)
+        view = view_of(transaction)  # shared with ARC inside the pipeline's scope
         now = self._clock()
         outcomes = [self._verify_one(pos, header, view, now) for pos, header in chosen]
         taken = {pos for pos, _ in chosen}

@@ -2,13 +2,18 @@
 
 A message with several signatures (DKIM-Signatures, ARC-Message-Signatures, ARC-Seals)
 needs the same canonical header fields and bodies again and again; `MessageView`
-computes each on first use and keeps it for the message's lifetime.
+computes each on first use and keeps it for the message's lifetime.  DKIM and ARC
+verification of one message share one view (`message_scope` + `view_of`), so the body
+is canonicalized and hashed once per (canonicalization, algorithm, length), whichever
+check asks first.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from mailward import message
 from mailward.dkimcore.canon import (
@@ -75,6 +80,49 @@ class MessageView:
             cached = name + b":" + value if simple else relaxed_header(name, value)
             forms[index] = cached
         return cached
+
+
+class _Scope:
+    """The message being evaluated and its view, made when a check first asks for it."""
+
+    __slots__ = ("transaction", "view")
+
+    def __init__(self, transaction: Transaction) -> None:
+        self.transaction = transaction
+        self.view: MessageView | None = None
+
+
+# Per thread (and per asyncio task): the milter evaluates messages on several threads.
+_SCOPE: ContextVar[_Scope | None] = ContextVar("mailward_message_view", default=None)
+
+
+@contextmanager
+def message_scope(transaction: Transaction) -> Iterator[None]:
+    """While inside, `view_of(transaction)` hands every caller the same `MessageView`.
+
+    The pipeline opens one scope per message around its checks, so DKIM and ARC (and
+    every signature of each) share canonical bodies, body hashes and header forms
+    instead of computing their own.  Leaving the scope drops the view with the message.
+    """
+    token = _SCOPE.set(_Scope(transaction))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def view_of(transaction: Transaction) -> MessageView:
+    """The shared view of `transaction` inside its `message_scope`, else a new one.
+
+    Identity, not equality, picks the scope's view: a different transaction object
+    (a test, a re-built message) never sees another message's canonical forms.
+    """
+    scope = _SCOPE.get()
+    if scope is None or scope.transaction is not transaction:
+        return MessageView(transaction)
+    if scope.view is None:
+        scope.view = MessageView(transaction)
+    return scope.view
 
 
 def signed_data(
