@@ -27,8 +27,9 @@ inner() {
               getty@tty1.service systemd-timesyncd.service; do
     ln -sfn /dev/null "$root/etc/systemd/system/$(basename "$unit")"
   done
-  # Step 1: install, exactly as `make install` does on a host.
-  systemd-nspawn -q -D "$root" --register=no --keep-unit --as-pid2 \
+  # Step 1: install, exactly as `make install` does on a host.  The checkout is bound in:
+  # nspawn mounts a fresh tmpfs on /tmp, which would hide a clone that lives there (CI).
+  systemd-nspawn -q -D "$root" --register=no --keep-unit --as-pid2 --bind="$repo" \
     bash -c "cd '$repo' && bash deploy/scripts/install.sh" >"$out/install.log" 2>&1
   cat >"$root/etc/mailward/mailward.toml" <<'TOML'
 [general]
