@@ -141,24 +141,40 @@ def remove_unix_socket(address: SocketAddress) -> None:
             os.unlink(address.path)
 
 
-async def start_stream_server(
-    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
-    address: SocketAddress, permissions: SocketPermissions,
-) -> asyncio.base_events.Server:
-    """An asyncio server on a configured socket (policyd, tlspolicy): a unix socket is
-    refused if another process listens there, replaced if stale, and given its mode and
-    group; TCP listens with address reuse and a deep backlog (Postfix opens many)."""
+def open_service_socket(address: SocketAddress, permissions: SocketPermissions, *,
+                        inheritable: bool = False) -> socket.socket:
+    """A listening socket on a configured address (policyd, tlspolicy; raises OSError): a
+    unix socket is refused if another process listens there, replaced if stale, and given
+    its mode and group; TCP listens with address reuse.  Deep backlog (Postfix opens many
+    connections).  `inheritable` for worker processes that share it (mailward.supervisor).
+    """
     if address.kind is SocketKind.UNIX:
         ensure_socket_directory(address)
         if socket_in_use(address):
             raise OSError(f"another process already listens on {address}")
         remove_unix_socket(address)
-        server = await asyncio.start_unix_server(handler, path=address.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address.path)
         apply_socket_permissions(address, permissions)
-        return server
-    family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
-    return await asyncio.start_server(handler, host=address.host, port=address.port,
-                                      family=family, reuse_address=True, backlog=1024)
+    else:
+        family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+    sock.listen(1024)
+    sock.set_inheritable(inheritable)
+    return sock
+
+
+async def start_stream_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    address: SocketAddress, permissions: SocketPermissions,
+) -> asyncio.base_events.Server:
+    """An asyncio stream server on a configured socket (`open_service_socket`)."""
+    sock = open_service_socket(address, permissions)
+    if sock.family == socket.AF_UNIX:
+        return await asyncio.start_unix_server(handler, sock=sock)
+    return await asyncio.start_server(handler, sock=sock)
 
 
 def load_and_build(

@@ -33,7 +33,6 @@ from mailward.config import (
     ConfigError,
     Settings,
     SocketAddress,
-    SocketKind,
     SocketPermissions,
     load_settings,
 )
@@ -44,29 +43,6 @@ RESPAWN_WINDOW = 10.0  # seconds: a worker dying sooner than this counts toward 
 MAX_QUICK_DEATHS = 5
 WORKER_STOP_TIMEOUT = 20.0
 _ROOT = str(Path(__file__).resolve().parent.parent)  # so a worker imports this checkout
-
-
-def listen_shared(address: SocketAddress, permissions: SocketPermissions) -> socket.socket:
-    """Open a service socket for worker processes to share (raises OSError): a unix socket
-    is refused if another process listens there, replaced if stale, and given its mode and
-    group; TCP listens with address reuse.  Deep backlog (Postfix opens many connections),
-    inheritable."""
-    if address.kind is SocketKind.UNIX:
-        runtime.ensure_socket_directory(address)
-        if runtime.socket_in_use(address):
-            raise OSError(f"another process already listens on {address}")
-        runtime.remove_unix_socket(address)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(address.path)
-        runtime.apply_socket_permissions(address, permissions)
-    else:
-        family = socket.AF_INET6 if address.kind is SocketKind.INET6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address.host, address.port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    return sock
 
 
 def collect_from_workers(directory: str) -> None:
@@ -124,7 +100,8 @@ class WorkerSupervisor:
                       pool.service, pool.factory_spec)
             return 1
         try:
-            self._socket = listen_shared(pool.address, pool.permissions)
+            self._socket = runtime.open_service_socket(pool.address, pool.permissions,
+                                                        inheritable=True)
         except (OSError, KeyError) as exc:
             log.error("cannot listen on %s: %s", pool.address, exc)
             return 1

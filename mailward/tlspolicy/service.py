@@ -37,7 +37,6 @@ from pathlib import Path
 
 from mailward import metrics, runtime
 from mailward.config import ConfigError, Settings, load_settings
-from mailward.supervisor import listen_shared
 from mailward.tlspolicy.engine import AnswerKind, TlsAnswer, TlsPolicyEngine
 from mailward.tlspolicy.mtasts import MemoryPolicyCache, PolicyCache
 from mailward.tlspolicy.socketmap import (
@@ -82,11 +81,6 @@ def open_cache(settings: Settings) -> PolicyCache:
     return MemoryPolicyCache(settings.tlspolicy.cache_entries)
 
 
-def listen(settings: Settings) -> socket.socket:
-    """Open `[tlspolicy] socket` (raises OSError), inheritable for worker processes."""
-    return listen_shared(settings.tlspolicy.socket, settings.tlspolicy.socket_permissions)
-
-
 class TlsPolicyServer:
     """Serves the socketmap protocol on `[tlspolicy] socket` until stopped."""
 
@@ -122,7 +116,8 @@ class TlsPolicyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         address = self.settings.tlspolicy.socket
-        sock = self.listening if self.listening is not None else listen(self.settings)
+        sock = self.listening if self.listening is not None else runtime.open_service_socket(
+            address, self.settings.tlspolicy.socket_permissions)
         if sock.family == socket.AF_UNIX:
             self._server = await loop.create_unix_server(self._protocol, sock=sock)
         else:
