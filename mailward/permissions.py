@@ -38,10 +38,12 @@ def _allows(info: os.stat_result, account: Account, owner_bit: int, group_bit: i
     if account.uid == 0:
         return True
     if info.st_uid == account.uid:
-        return bool(info.st_mode & owner_bit)
-    if info.st_gid in account.gids:
-        return bool(info.st_mode & group_bit)
-    return bool(info.st_mode & other_bit)
+        wanted = owner_bit
+    elif info.st_gid in account.gids:
+        wanted = group_bit
+    else:
+        wanted = other_bit
+    return info.st_mode & wanted == wanted  # every bit asked for, of the account's class
 
 
 def unreadable_reason(path: Path, account: Account) -> str | None:
@@ -86,21 +88,9 @@ def socket_directory_problem(socket_path: Path, account: Account) -> str | None:
         return (f"{directory}: {exc.strerror}; the service cannot create its socket there "
                 f"(the units let it write only under "
                 f"{', '.join(map(str, UNIT_WRITABLE_DIRECTORIES))})")
-    if not _can_write(info, account):
+    if not _allows(info, account, stat.S_IWUSR | stat.S_IXUSR, stat.S_IWGRP | stat.S_IXGRP,
+                   stat.S_IWOTH | stat.S_IXOTH):
         return (f"user {account.name} cannot create files in {directory} (use a socket under "
                 f"/run/mailward, or give the account that directory and add it to the unit's "
                 f"ReadWritePaths)")
     return None
-
-
-def _can_write(info: os.stat_result, account: Account) -> bool:
-    """Write and search permission together, for the class the account falls in."""
-    if account.uid == 0:
-        return True
-    if info.st_uid == account.uid:
-        bits = stat.S_IWUSR | stat.S_IXUSR
-    elif info.st_gid in account.gids:
-        bits = stat.S_IWGRP | stat.S_IXGRP
-    else:
-        bits = stat.S_IWOTH | stat.S_IXOTH
-    return info.st_mode & bits == bits
