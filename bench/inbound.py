@@ -329,6 +329,7 @@ class MailwardInbound(InboundTarget):
     group = GROUP_AUTH
     expect: tuple[str, ...] = (*AUTH_EXPECT, "iprev=pass")
     workers: int | None = None  # None: --mailward-workers
+    engine: str | None = None  # None: --mailward-engine
     checks = MAILWARD_INBOUND
     description = (
         "python -m mailward milter: SPF (MAIL FROM + HELO), DKIM, ARC, DMARC, iprev; "
@@ -342,6 +343,9 @@ class MailwardInbound(InboundTarget):
         if self.workers is not None:
             settings = dataclasses.replace(ctx.settings, mailward_workers=self.workers)
             ctx = dataclasses.replace(ctx, settings=settings)
+        if self.engine is not None:
+            settings = dataclasses.replace(ctx.settings, mailward_engine=self.engine)
+            ctx = dataclasses.replace(ctx, settings=settings)
         unused = SocketSpec("inet", host="127.0.0.1", port=free_tcp_port())
         config = mailward_config(ctx, f"{self.name}-{spec.kind}", spec, unused, self.checks)
         argv = [sys.executable, "-m", "mailward", "milter", "-c", str(config)]
@@ -352,6 +356,14 @@ class MailwardInboundW2(MailwardInbound):
     name = "mailward-inbound-w2"
     workers = 2
     description = "mailward-inbound with [milter] workers = 2"
+
+
+class MailwardInboundLibmilter(MailwardInbound):
+    name = "mailward-inbound-libmilter"
+    optional = True
+    engine = "libmilter"
+    description = ("mailward-inbound with [milter] engine = \"libmilter\" (pymilter): "
+                   "what Mailward's own protocol engine replaced")
 
 
 def opendkim_unavailable() -> str | None:
@@ -426,6 +438,7 @@ def all_targets() -> list[Target]:
         RspamdInbound(),
         MailwardInbound(),
         MailwardInboundW2(),
+        MailwardInboundLibmilter(),
         OpenDkimVerify(),
         MailwardDkimVerify(),
         MailwardDkimVerifyW2(),

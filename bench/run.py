@@ -101,6 +101,7 @@ class Settings:
     json_path: Path | None
     keep: bool
     policy_workload: str = "mix"
+    mailward_engine: str = "python"  # [milter] engine of every Mailward milter target
 
 
 def parse_settings(argv: Sequence[str] | None) -> Settings:
@@ -163,6 +164,13 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         help="[milter] workers for the Mailward milter (default 1)",
     )
     parser.add_argument(
+        "--mailward-engine",
+        choices=("python", "libmilter"),
+        default=_env("BENCH_MAILWARD_ENGINE", "python"),
+        help="[milter] engine of the Mailward milter targets (default python; the "
+        "mailward-inbound-libmilter target always uses libmilter)",
+    )
+    parser.add_argument(
         "--policyd-workers",
         type=int,
         default=int(_env("BENCH_POLICYD_WORKERS", str(os.cpu_count() or 1))),
@@ -201,6 +209,7 @@ def parse_settings(argv: Sequence[str] | None) -> Settings:
         json_path=args.json,
         keep=args.keep,
         policy_workload=args.policy_workload,
+        mailward_engine=args.mailward_engine,
     )
 
 
@@ -369,6 +378,7 @@ trusted_networks = ["127.0.0.0/8", "::1/128"]
 {dns}timeout = 2.0
 
 [milter]
+engine = "{ctx.settings.mailward_engine}"
 socket = "{milter}"
 workers = {ctx.settings.mailward_workers}
 

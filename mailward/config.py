@@ -194,8 +194,16 @@ class SocketPermissions:
     group: str = ""  # empty: the service's own group
 
 
+class MilterEngine(StrEnum):
+    """[milter] engine: who speaks the milter protocol with the MTA (milters/engine.py)."""
+
+    PYTHON = "python"  # Mailward's own protocol core: malformed packets cost one session
+    LIBMILTER = "libmilter"  # Sendmail's libmilter through pymilter (the fallback)
+
+
 @dataclass(frozen=True)
 class MilterSettings:
+    engine: MilterEngine = MilterEngine.PYTHON
     socket: SocketAddress = SocketAddress(SocketKind.UNIX, path="/run/mailward/milter.sock")
     socket_permissions: SocketPermissions = SocketPermissions()
     workers: int = 1
@@ -583,6 +591,7 @@ def _read_socket_permissions(table: Table) -> SocketPermissions:
 def _read_milter(table: Table) -> MilterSettings:
     defaults = MilterSettings()
     milter = MilterSettings(
+        engine=table.choice("engine", MilterEngine, defaults.engine),
         socket=table.parsed("socket", SocketAddress.parse, defaults.socket),
         socket_permissions=_read_socket_permissions(table),
         workers=table.number("workers", int, defaults.workers, 1, 64),

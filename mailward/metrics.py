@@ -63,6 +63,13 @@ MILTER_FORGED_AR_REMOVED = Counter(
     "mailward_milter_forged_authentication_results_removed_total",
     "Authentication-Results headers claiming our authserv-id removed from untrusted mail.",
 )
+MILTER_PROTOCOL_ERRORS = Counter(
+    "mailward_milter_protocol_errors_total",
+    "Milter packets from the MTA side that broke the protocol, by kind: session_closed"
+    " (malformed framing or command; that one session was ended), macro_without_value (a"
+    " macro name without its value was dropped; the session went on).",
+    ["kind"],
+)
 
 # --------------------------------------------------------------------------- policyd
 

@@ -1,12 +1,14 @@
-"""The milter service: one listening socket, N pymilter worker processes, a supervisor.
+"""The milter service: one listening socket, N worker processes, a supervisor.
 
 Why this shape:
-- libmilter runs one thread per MTA connection inside one process; Python's GIL caps
-  that at one core.  The supervisor opens the socket once and forks `workers`
-  processes that all accept on it, so the kernel spreads connections across cores.
-- libmilter owns SIGHUP/SIGTERM inside a worker (it stops on either).  So only the
-  supervisor handles signals: SIGTERM is passed on to the workers, which stop
-  accepting and finish their open sessions (bounded by `shutdown_timeout`); SIGHUP
+- Each worker runs one thread per MTA connection (milters/engine.py, or libmilter with
+  `[milter] engine = "libmilter"`); Python's GIL caps a process at one core.  The
+  supervisor opens the socket once and forks `workers` processes that all accept on
+  it, so the kernel spreads connections across cores.
+- Only the supervisor handles signals (libmilter owns SIGHUP/SIGTERM inside its
+  workers; ours ignore SIGHUP and treat SIGTERM as "stop accepting").  SIGTERM sets a
+  stop flag the workers read: they stop accepting and finish their open sessions
+  (bounded by `shutdown_timeout`); SIGHUP
   makes the supervisor validate the configuration and bump a shared generation
   counter, and each worker picks the new configuration up at its next connection.
   Sessions in flight finish with the configuration they started with, and the socket
@@ -35,8 +37,10 @@ import Milter
 import milter
 
 from mailward import metrics, runtime, sdnotify
-from mailward.config import ConfigError, Settings, SocketAddress, SocketKind
+from mailward.config import ConfigError, MilterEngine, Settings, SocketAddress, SocketKind
 from mailward.pipeline import Pipeline
+from milters import engine
+from milters.engine import SessionCounter
 from milters.session import MilterSession
 
 log = logging.getLogger("mailward.milter")
@@ -110,23 +114,21 @@ class ReloadingPipelineSource:
 
 
 class SessionRegistry:
-    """Creates a MilterSession per MTA connection and counts the open ones.
+    """libmilter's callbacks: a MilterSession per MTA connection, the open ones counted.
 
     The count lets a stopping worker wait for sessions in flight instead of cutting
     them off mid-message.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sessions: SessionCounter) -> None:
         self.source: ReloadingPipelineSource | None = None
-        self._open = 0
-        self._idle = threading.Condition()
+        self.sessions = sessions
 
     def _new_session(self, ctx: Any) -> MilterSession:
         assert self.source is not None, "worker started without an engine"
         session = MilterSession(self.source)
         session._setctx(ctx)
-        with self._idle:
-            self._open += 1
+        self.sessions.opened()
         return session
 
     def negotiate(self, ctx: Any, opts: list[int]) -> int:
@@ -144,20 +146,7 @@ class SessionRegistry:
             return int(session.close())
         finally:
             session._setctx(None)
-            with self._idle:
-                self._open -= 1
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> int:
-        """Wait until no session is open, at most `timeout` seconds; return those left."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._open > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._idle.wait(remaining)
-            return self._open
+            self.sessions.closed()
 
     def register(self, settings: Settings) -> None:
         """Hand libmilter our callbacks; inherited by every forked worker."""
@@ -184,11 +173,14 @@ class MilterService:
         self.settings = settings
         self.factory = factory
         self.control = SharedControl()
-        self.registry = SessionRegistry()
+        self.sessions = SessionCounter()
+        self.registry = SessionRegistry(self.sessions)
         self.workers: dict[int, float] = {}  # pid -> start time
         self._stopping = False
         self._quick_deaths = 0
         self._listener: int | None = None
+        self._listen_socket: socket.socket | None = None  # ours (the python engine)
+        self._worker_stop = False  # in a worker: SIGTERM/SIGINT received
 
     # ------------------------------------------------------------------ supervisor
 
@@ -207,18 +199,8 @@ class MilterService:
             return 1
         signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-        self.registry.register(self.settings)
-        try:
-            milter.opensocket(True)
-        except milter.error as exc:
-            log.error("cannot listen on %s: %s", address, exc)
+        if not self._open_listener(address):
             return 1
-        self._listener = _find_listener(address)
-        if self._listener is None:
-            log.warning("could not find libmilter's socket for %s: no TCP_NODELAY, and "
-                        "stopping will wait for libmilter to notice", address)
-        elif address.kind is not SocketKind.UNIX:
-            _set_nodelay(self._listener)
         try:
             runtime.apply_socket_permissions(address, self.settings.milter.socket_permissions)
             runtime.start_metrics_endpoint(self.settings.metrics.listen)
@@ -226,8 +208,8 @@ class MilterService:
             log.error("cannot set up %s or the metrics endpoint: %s", address, exc)
             runtime.remove_unix_socket(address)
             return 1
-        log.info("mailward milter listening on %s with %d worker(s)",
-                 address, self.settings.milter.workers)
+        log.info("mailward milter listening on %s with %d worker(s) (engine %s)",
+                 address, self.settings.milter.workers, self.settings.milter.engine.value)
         for _ in range(self.settings.milter.workers):
             self._spawn()
         sdnotify.ready()
@@ -235,6 +217,34 @@ class MilterService:
             return self._supervise(signals)
         finally:
             runtime.remove_unix_socket(address)
+
+    def _open_listener(self, address: SocketAddress) -> bool:
+        """Listen on the configured socket (before the workers fork: they share it)."""
+        if self.settings.milter.engine is MilterEngine.PYTHON:
+            try:
+                listener = runtime.open_service_socket(
+                    address, self.settings.milter.socket_permissions)
+            except OSError as exc:
+                log.error("cannot listen on %s: %s", address, exc)
+                return False
+            self._listen_socket = listener
+            self._listener = listener.fileno()
+            if address.kind is not SocketKind.UNIX:
+                _set_nodelay(self._listener)
+            return True
+        self.registry.register(self.settings)
+        try:
+            milter.opensocket(True)
+        except milter.error as exc:
+            log.error("cannot listen on %s: %s", address, exc)
+            return False
+        self._listener = _find_listener(address)
+        if self._listener is None:
+            log.warning("could not find libmilter's socket for %s: no TCP_NODELAY, and "
+                        "stopping will wait for libmilter to notice", address)
+        elif address.kind is not SocketKind.UNIX:
+            _set_nodelay(self._listener)
+        return True
 
     def _supervise(self, signals: set[signal.Signals]) -> int:
         status = 0
@@ -270,7 +280,9 @@ class MilterService:
                  self.settings.milter.shutdown_timeout)
         sdnotify.stopping()
         self.control.request_stop()
-        if self._listener is not None:
+        if self._listen_socket is not None:
+            self._listen_socket.close()  # the workers close theirs when they see the flag
+        elif self._listener is not None:
             os.close(self._listener)  # the workers drop theirs when they see the flag
         else:
             for pid in self.workers:
@@ -331,6 +343,8 @@ class MilterService:
     # ------------------------------------------------------------------ worker
 
     def _worker(self) -> None:
+        if self._listen_socket is not None:
+            self._python_worker()  # never returns
         code = 0
         try:
             # SIGTERM, SIGINT and SIGHUP stay blocked in every thread of the worker:
@@ -356,6 +370,36 @@ class MilterService:
             code = 1
         self._drain_and_exit(code)
 
+    def _python_worker(self) -> None:
+        """A worker of Mailward's own engine: accept on the shared socket until stopped."""
+        code = 0
+        try:
+            listener = self._listen_socket
+            assert listener is not None
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the supervisor reloads
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._request_worker_stop)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            source = ReloadingPipelineSource(
+                config_path=self.config_path,
+                generation=self.control,
+                factory=self.factory,
+                pipeline=self.factory(self.settings),
+                seen_generation=self.control.get(),
+            )
+            engine.serve_forever(
+                listener, lambda: MilterSession(source), float(self.settings.milter.mta_timeout),
+                self.sessions, lambda: self._worker_stop or self.control.stopping)
+            listener.close()
+        except BaseException:  # a forked child must never return into the parent's code
+            log.exception("worker failed")
+            code = 1
+        self._drain_and_exit(code)
+
+    def _request_worker_stop(self, signum: int, frame: object) -> None:
+        self._worker_stop = True
+
     def _exit_when_stopped(self) -> None:
         while not self.control.stopping:
             time.sleep(0.05)
@@ -365,7 +409,7 @@ class MilterService:
 
     def _drain_and_exit(self, code: int) -> None:
         """Let open sessions finish (bounded), then leave without running parent code."""
-        left = self.registry.wait_idle(self.settings.milter.shutdown_timeout)
+        left = self.sessions.wait_idle(self.settings.milter.shutdown_timeout)
         if left:
             log.warning("worker stopping with %d session(s) still open", left)
         logging.shutdown()

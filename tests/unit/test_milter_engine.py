@@ -1,0 +1,264 @@
+"""milters.engine: a MilterSession driven over a real socket by Mailward's own engine.
+
+The MTA side is bench/milter_client.py's codec (an independent implementation of the
+wire format), the engine is on the other end of a socketpair in its own thread, and the
+pipeline is the real one with an in-memory resolver.  What matters: the replies a Verdict
+turns into, and that malformed input ends one session with a log line and nothing else.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from bench import milter_client as mta
+from mailward.config import GeneralSettings, MilterSettings, Settings
+from mailward.dns import InMemoryResolver
+from mailward.model import Connection, Transaction, Verdict
+from mailward.pipeline import Pipeline
+from milters.engine import EngineContext, MilterConnection, SessionCounter, serve_forever
+from milters.session import MilterSession
+
+
+class FixedSource:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def current(self) -> Pipeline:
+        return self.pipeline
+
+
+class RecordingPipeline(Pipeline):
+    """The real pipeline, remembering what each message looked like to the checks."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.seen: list[tuple[Connection, Transaction]] = []
+
+    def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
+        self.seen.append((connection, transaction))
+        return super().evaluate(connection, transaction)
+
+
+class ExplodingPipeline(Pipeline):
+    def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
+        raise RuntimeError("engine bug")
+
+
+def make_settings() -> Settings:
+    return Settings(general=GeneralSettings(authserv_id="mx.example.net"),
+                    milter=MilterSettings(max_body_size=1 << 20))
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+class Mta:
+    """The MTA end of a socketpair whose other end an engine thread serves."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.sock, server = socket.socketpair()
+        self.sock.settimeout(5)
+        self.reader = mta.ResponseReader()
+        session = lambda: MilterSession(FixedSource(pipeline))  # noqa: E731
+        self.thread = threading.Thread(
+            target=MilterConnection(server, session, timeout=5).serve, daemon=True)
+        self.thread.start()
+
+    def negotiate(self) -> mta.Negotiated:
+        self.sock.sendall(mta.encode_optneg())
+        while (pkt := self.reader.next_packet()) is None:
+            self.reader.feed(self._recv())
+        return mta.parse_optneg(pkt.data)
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        assert data, "the engine closed the connection"
+        return data
+
+    def response(self) -> mta.Response:
+        while (response := self.reader.next_response()) is None:
+            self.reader.feed(self._recv())
+        return response
+
+    def closed_by_engine(self) -> bool:
+        self.thread.join(5)
+        try:
+            return self.sock.recv(65536) == b"" and not self.thread.is_alive()
+        except ConnectionResetError:
+            return not self.thread.is_alive()
+
+    def message(self, queue_id: str = "QID1", extra_macros: bytes = b"",
+                subject: str = " hello") -> mta.Response:
+        self.sock.sendall(
+            mta.encode_macros(mta.SMFIC_MAIL, [("i", queue_id)]) + extra_macros
+            + mta.encode_mail("sender@example.org", ["SIZE=100"])
+            + mta.encode_rcpt("rcpt@example.net")
+            + mta.encode_header("Subject", subject)
+            + mta.encode_header("From", " sender@example.org")
+            + mta.encode_body(b"hello\r\n")
+            + mta.ENCODED_EOM)
+        return self.response()
+
+    def connect(self) -> None:
+        self.sock.sendall(
+            mta.encode_macros(mta.SMFIC_CONNECT, [("j", "mx.example.net")])
+            + mta.encode_connect("client.example.org", mta.SMFIA_INET, 40000, "192.0.2.10")
+            + mta.encode_helo("client.example.org"))
+
+
+@pytest.fixture
+def pipeline() -> Iterator[RecordingPipeline]:
+    yield RecordingPipeline(make_settings(), InMemoryResolver())
+
+
+def test_negotiation_asks_for_leading_space_and_no_replies_before_end_of_message(pipeline):
+    peer = Mta(pipeline)
+    negotiated = peer.negotiate()
+    assert negotiated.version == 6
+    assert negotiated.leading_space
+    assert negotiated.actions == (mta.Act.ADDHDRS | mta.Act.CHGHDRS | mta.Act.QUARANTINE)
+    for stage in (mta.Stage.CONNECT, mta.Stage.HELO, mta.Stage.MAIL, mta.Stage.RCPT,
+                  mta.Stage.HEADER, mta.Stage.BODY):
+        assert negotiated.sends(stage) and not negotiated.replies(stage), stage
+    assert not negotiated.sends(mta.Stage.DATA) and not negotiated.sends(mta.Stage.EOH)
+
+
+def test_a_message_gets_our_authentication_results_and_the_checks_see_the_envelope(pipeline):
+    peer = Mta(pipeline)
+    peer.negotiate()
+    peer.connect()
+    response = peer.message()
+    assert response.reply.action is mta.Action.CONTINUE
+    assert mta.InsertHeader(0, "Authentication-Results", " mx.example.net; none") \
+        in response.modifications
+    connection, transaction = pipeline.seen[-1]
+    assert str(connection.client_ip) == "192.0.2.10" and connection.helo == "client.example.org"
+    assert connection.macros["j"] == "mx.example.net"
+    assert transaction.queue_id == "QID1"
+    assert transaction.mail_from == "sender@example.org"
+    assert transaction.mail_params == {"SIZE": "100"}
+    assert transaction.recipients == ("rcpt@example.net",)
+    assert transaction.body == b"hello\r\n"
+
+
+def test_a_macro_without_value_loses_nothing_but_that_name(pipeline):
+    before = sample("mailward_milter_protocol_errors_total", {"kind": "macro_without_value"})
+    peer = Mta(pipeline)
+    peer.negotiate()
+    peer.connect()
+    odd = mta.packet(mta.SMFIC_MACRO, b"Mi\0QID7\0{auth_authen}\0")  # libmilter: SIGSEGV
+    peer.sock.sendall(odd)
+    response = peer.message(queue_id="QID7")
+    assert response.reply.action is mta.Action.CONTINUE
+    assert pipeline.seen[-1][1].queue_id == "QID7"
+    assert sample("mailward_milter_protocol_errors_total",
+                  {"kind": "macro_without_value"}) == before + 1
+    # The session goes on: a second message on the same connection is served too.
+    assert peer.message(queue_id="QID8").reply.action is mta.Action.CONTINUE
+
+
+@pytest.mark.parametrize("garbage", [
+    mta.packet(mta.SMFIC_HEADER, b"Subject\0no terminator"),
+    mta.packet(b"Z", b"?"),
+    b"\xff\xff\xff\xff" + b"L",
+    mta.packet(mta.SMFIC_CONNECT, b"host\0"),
+])
+def test_a_malformed_packet_ends_only_its_session(pipeline, garbage):
+    before = sample("mailward_milter_protocol_errors_total", {"kind": "session_closed"})
+    bystander = Mta(pipeline)
+    bystander.negotiate()
+    bystander.connect()
+    hostile = Mta(pipeline)
+    hostile.negotiate()
+    hostile.connect()
+    hostile.sock.sendall(garbage)
+    assert hostile.closed_by_engine()
+    assert sample("mailward_milter_protocol_errors_total",
+                  {"kind": "session_closed"}) == before + 1
+    assert bystander.message().reply.action is mta.Action.CONTINUE
+
+
+def test_a_command_before_negotiation_ends_the_session(pipeline):
+    peer = Mta(pipeline)
+    peer.sock.sendall(mta.encode_helo("client.example.org"))
+    assert peer.closed_by_engine()
+
+
+def test_an_internal_error_answers_the_configured_tempfail_with_its_reply_code():
+    peer = Mta(ExplodingPipeline(make_settings(), InMemoryResolver()))
+    peer.negotiate()
+    peer.connect()
+    response = peer.message()
+    assert response.reply == mta.Reply(
+        mta.Action.REPLYCODE, "451 4.3.0 Temporary local problem, please try again later")
+    assert response.modifications == ()
+
+
+def test_message_macros_last_one_message_connection_macros_the_connection():
+    context = EngineContext()
+    context.connection_macros.update({"j": "mx.example.net", "{daemon_name}": "smtpd"})
+    context.message_macros.update({"i": "QID1", "{daemon_name}": "submission"})
+    context.addheader("X-A", " 1")
+    assert context.getsymval("{daemon_name}") == "submission"  # the later stage wins
+    context.end_message()  # after end of message, and on ABORT
+    assert context.getsymval("i") is None and context.modifications == []
+    assert context.getsymval("j") == "mx.example.net"
+    assert context.getsymval("{daemon_name}") == "smtpd"
+
+
+def test_abort_then_a_new_message_on_the_same_connection(pipeline):
+    peer = Mta(pipeline)
+    peer.negotiate()
+    peer.connect()
+    peer.sock.sendall(
+        mta.encode_macros(mta.SMFIC_MAIL, [("i", "ABORTED")])
+        + mta.encode_mail("a@example.org") + mta.encode_rcpt("b@example.net")
+        + mta.ENCODED_ABORT)
+    assert peer.message(queue_id="NEXT").reply.action is mta.Action.CONTINUE
+    _, transaction = pipeline.seen[-1]
+    assert transaction.queue_id == "NEXT"
+    assert transaction.recipients == ("rcpt@example.net",)  # not b@ of the aborted one
+    assert len(pipeline.seen) == 1
+
+
+def test_quit_nc_starts_a_new_session_on_the_same_socket(pipeline):
+    peer = Mta(pipeline)
+    peer.negotiate()
+    peer.connect()
+    peer.message(queue_id="FIRST")
+    peer.sock.sendall(mta.packet(b"K"))
+    peer.sock.sendall(
+        mta.encode_macros(mta.SMFIC_CONNECT, [("j", "mx.example.net")])
+        + mta.encode_connect("other.example.org", mta.SMFIA_INET6, 25, "2001:db8::7"))
+    assert peer.message(queue_id="SECOND").reply.action is mta.Action.CONTINUE
+    connection, _ = pipeline.seen[-1]
+    assert str(connection.client_ip) == "2001:db8::7" and connection.helo is None
+
+
+def test_quit_closes_and_the_worker_counts_the_session_closed(pipeline):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0mailward-test-engine-{id(pipeline)}")
+    listener.listen(8)
+    sessions = SessionCounter()
+    stop = threading.Event()
+    server = threading.Thread(target=serve_forever, daemon=True, args=(
+        listener, lambda: MilterSession(FixedSource(pipeline)), 5.0, sessions, stop.is_set))
+    server.start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(5)
+    client.connect(listener.getsockname())
+    client.sendall(mta.encode_optneg())
+    assert client.recv(65536)[4:5] == b"O"
+    client.sendall(mta.ENCODED_QUIT)
+    assert client.recv(65536) == b""
+    assert sessions.wait_idle(5) == 0
+    stop.set()
+    server.join(5)
+    assert not server.is_alive()
+    listener.close()
