@@ -29,6 +29,7 @@ from mailward.dkimcore.taglist import TagListError, lenient_tags, parse_tag_list
 from mailward.fromheader import author_domains, parse_from
 from mailward.messagefile import transaction_from_bytes
 from mailward.mime import MimeLimits, parse_message
+from milters.protocol import CommandReader, ProtocolError
 from policyd.codec import PolicyDecoder
 
 _TEXT = "utf-8", "surrogateescape"
@@ -71,6 +72,15 @@ def _from(data: bytes) -> None:
     author_domains(text.split("\x00")[:4])
 
 
+def _milter(data: bytes) -> None:
+    """The milter engine's packet decoder, the stream split at two points."""
+    reader = CommandReader(max_packet=4096)
+    third = len(data) // 3
+    with contextlib.suppress(ProtocolError):
+        for piece in (data[:third], data[third:2 * third], data[2 * third:]):
+            reader.receive(piece)
+
+
 def _mime(data: bytes) -> None:
     parse_message(transaction_from_bytes(data), _MIME_LIMITS)
 
@@ -101,6 +111,12 @@ TARGETS = (
     Target("from", _from, (
         b"Joe <joe@example.com>", b"=?UTF-8?B?QmVk?=<B&B@example.com>",
         b'"a, b" <a@[127.0.0.1]>, c@d.e', b"(((((a@b.c")),
+    Target("milter", _milter, (
+        b"\x00\x00\x00\rO\x00\x00\x00\x06\x00\x00\x01\xff\x00\x1f\xff\xff"
+        b"\x00\x00\x00\x18DMi\x00QID\x00{auth_authen}\x00\x00\x00\x00\x01N",
+        b"\x00\x00\x00\x1bCclient.example.org\x004\x9c@192.0.2.1\x00"
+        b"\x00\x00\x00\x11LSubject\x00 hello\x00\x00\x00\x00\x01E",
+        b"\x00\x00\x00\x10M<a@example.org>\x00\x00\x00\x00\x06Bbody\n")),
     Target("mime", _mime, (
         b"Subject: hi\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
         b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
