@@ -36,6 +36,7 @@ log line.  An exception that escapes here is a bug, left for the pipeline to log
 
 from __future__ import annotations
 
+import functools
 import logging
 import random as random_module
 import re
@@ -191,14 +192,24 @@ class DmarcRecord:
         return self.np or self.sp or self.p
 
 
+#: Distinct record texts whose parse is kept (a few hundred bytes each at most).
+PARSED_RECORDS_CACHED = 1024
+
 _KNOWN_TAGS = frozenset(
     {"v", "p", "sp", "np", "adkim", "aspf", "pct", "t", "psd", "rua", "ruf", "fo", "rf", "ri"}
 )
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 
 
+@functools.lru_cache(maxsize=PARSED_RECORDS_CACHED)
 def parse_record(text: str) -> DmarcRecord:
-    """Parse one DMARC record; never raises (see `DmarcRecord` for the leniency)."""
+    """Parse one DMARC record; never raises (see `DmarcRecord` for the leniency).
+
+    A pure function of the text with an immutable result, so parsed records are kept
+    (least recently used first out): the resolver already answers a busy sender's
+    `_dmarc` TXT from its cache, and re-parsing the same text per message was DMARC's
+    largest own cost.
+    """
     if not is_dmarc_record(text):
         return DmarcRecord(text, usable=False, problems=("does not start with v=DMARC1",))
     tag_list = split_tags(text)
@@ -527,12 +538,14 @@ class _Evaluation:
                 reason=f"unusable DMARC record at _dmarc.{step.domain}",
             )
         alignments = self._alignments(record)
+        passed = any(a.aligned and a.result == _PASS for a in alignments)
         outcome = DmarcOutcome(
-            DmarcResult.NONE, domain, record=record, policy_domain=step.domain,
-            applied_policy=tag, alignments=alignments, org_domain=self._known_org_domain(),
+            DmarcResult.PASS if passed else DmarcResult.NONE, domain, record=record,
+            policy_domain=step.domain, applied_policy=tag, alignments=alignments,
+            org_domain=self._known_org_domain(),
         )
-        if any(a.aligned and a.result == _PASS for a in alignments):
-            return replace(outcome, result=DmarcResult.PASS)
+        if passed:
+            return outcome
 
         could_pass = any(
             a.result in (_PASS, _TEMPERROR) and (a.aligned or a.uncertain)
