@@ -80,7 +80,11 @@ def tag_specs(data: AnyStr) -> list[TagSpec[AnyStr]]:
     for raw in data.split(syntax.semicolon):
         name, equals, value = raw.partition(equals_sign)
         name = name.strip(whitespace)
-        well_formed = bool(equals) and name_match(name) is not None
+        # tag-name = ALPHA *(ALPHA / DIGIT / "_"): string methods decide the usual
+        # all-alphanumeric names; only a name with another character (an "_" or
+        # junk) goes to the pattern, which is the definition.
+        well_formed = bool(equals) and name[:1].isalpha() and name.isascii() and (
+            name.isalnum() or name_match(name) is not None)
         specs.append(TagSpec(raw, raw.strip(whitespace), name, value.strip(whitespace),
                              well_formed))
     return specs
