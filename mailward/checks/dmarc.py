@@ -43,7 +43,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailward import metrics
 from mailward.checks import dkim as dkim_check
@@ -762,6 +762,13 @@ def _symbols(outcome: DmarcOutcome) -> tuple[Symbol, ...]:
     return tuple(symbols)
 
 
+@functools.cache
+def _result_counter(result: DmarcResult, disposition: Disposition) -> Any:
+    """The DMARC_RESULTS child for one (result, disposition): looked up once per pair
+    (both enums, so the cache is bounded), not with labels() per message."""
+    return metrics.DMARC_RESULTS.labels(result.value, disposition.value)
+
+
 class InboundDmarc(Check[DmarcOutcome]):
     """DMARC on the inbound path: reads the SPF and DKIM results, never their A-R text.
 
@@ -784,8 +791,7 @@ class InboundDmarc(Check[DmarcOutcome]):
             spf_check.dmarc_identity(results.get(spf_check.RESULT)),
             results.get(dkim_check.RESULT) or (),
         )
-        metrics.DMARC_RESULTS.labels(
-            outcome.result.value, outcome.requested_disposition.value).inc()
+        _result_counter(outcome.result, outcome.requested_disposition).inc()
         return outcome
 
     def auth_results(self, result: DmarcOutcome, connection: Connection) -> Sequence[AuthResult]:
