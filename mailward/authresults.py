@@ -41,6 +41,9 @@ _BARE_ADDRESS = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
 )
 _FOLD = re.compile(r"\r?\n[ \t]+")
+# An authserv-id written as a bare value, and line breaks a quoted value must lose.
+_BARE_ID = re.compile(r"[^\s;()\"]+")
+_LINE_BREAKS = re.compile(r"[\r\n]+")
 
 
 def authserv_id_of(value: str) -> str | None:
@@ -55,7 +58,7 @@ def authserv_id_of(value: str) -> str | None:
             return None
         identifier = text[position + 1 : end]
     else:
-        match = re.match(r"[^\s;()\"]+", text[position:])
+        match = _BARE_ID.match(text, position)
         if match is None:
             return None
         identifier = match.group(0)
@@ -110,7 +113,7 @@ def quote_value(value: str, bare: re.Pattern[str] = _PVALUE) -> str:
     if bare.fullmatch(value) and ("@" not in value or _BARE_ADDRESS.fullmatch(value)):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = re.sub(r"[\r\n]+", " ", escaped)
+    escaped = _LINE_BREAKS.sub(" ", escaped)
     return f'"{escaped}"'
 
 

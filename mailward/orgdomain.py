@@ -140,8 +140,14 @@ def split_tags(text: str) -> TagList:
     return TagList(tuple(tags), tuple(junk))
 
 
+@functools.lru_cache(maxsize=1024)
 def psd_flag(record: str) -> str:
-    """The record's `psd` tag: "y", "n", or "u" when absent or not a valid value."""
+    """The record's `psd` tag: "y", "n", or "u" when absent or not a valid value.
+
+    Pure, and asked for every record a walk meets (each message's `_dmarc` answer,
+    usually from the resolver's cache): the flag of the last texts seen is kept,
+    as `checks.dmarc.parse_record` keeps their parse.
+    """
     value = (split_tags(record).first("psd") or "u").lower()
     return value if value in ("y", "n", "u") else "u"
 

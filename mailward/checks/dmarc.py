@@ -36,13 +36,14 @@ log line.  An exception that escapes here is a bug, left for the pipeline to log
 
 from __future__ import annotations
 
+import functools
 import logging
 import random as random_module
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from mailward import metrics
 from mailward.checks import dkim as dkim_check
@@ -191,14 +192,24 @@ class DmarcRecord:
         return self.np or self.sp or self.p
 
 
+#: Distinct record texts whose parse is kept (a few hundred bytes each at most).
+PARSED_RECORDS_CACHED = 1024
+
 _KNOWN_TAGS = frozenset(
     {"v", "p", "sp", "np", "adkim", "aspf", "pct", "t", "psd", "rua", "ruf", "fo", "rf", "ri"}
 )
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 
 
+@functools.lru_cache(maxsize=PARSED_RECORDS_CACHED)
 def parse_record(text: str) -> DmarcRecord:
-    """Parse one DMARC record; never raises (see `DmarcRecord` for the leniency)."""
+    """Parse one DMARC record; never raises (see `DmarcRecord` for the leniency).
+
+    A pure function of the text with an immutable result, so parsed records are kept
+    (least recently used first out): the resolver already answers a busy sender's
+    `_dmarc` TXT from its cache, and re-parsing the same text per message was DMARC's
+    largest own cost.
+    """
     if not is_dmarc_record(text):
         return DmarcRecord(text, usable=False, problems=("does not start with v=DMARC1",))
     tag_list = split_tags(text)
@@ -527,12 +538,14 @@ class _Evaluation:
                 reason=f"unusable DMARC record at _dmarc.{step.domain}",
             )
         alignments = self._alignments(record)
+        passed = any(a.aligned and a.result == _PASS for a in alignments)
         outcome = DmarcOutcome(
-            DmarcResult.NONE, domain, record=record, policy_domain=step.domain,
-            applied_policy=tag, alignments=alignments, org_domain=self._known_org_domain(),
+            DmarcResult.PASS if passed else DmarcResult.NONE, domain, record=record,
+            policy_domain=step.domain, applied_policy=tag, alignments=alignments,
+            org_domain=self._known_org_domain(),
         )
-        if any(a.aligned and a.result == _PASS for a in alignments):
-            return replace(outcome, result=DmarcResult.PASS)
+        if passed:
+            return outcome
 
         could_pass = any(
             a.result in (_PASS, _TEMPERROR) and (a.aligned or a.uncertain)
@@ -749,6 +762,13 @@ def _symbols(outcome: DmarcOutcome) -> tuple[Symbol, ...]:
     return tuple(symbols)
 
 
+@functools.cache
+def _result_counter(result: DmarcResult, disposition: Disposition) -> Any:
+    """The DMARC_RESULTS child for one (result, disposition): looked up once per pair
+    (both enums, so the cache is bounded), not with labels() per message."""
+    return metrics.DMARC_RESULTS.labels(result.value, disposition.value)
+
+
 class InboundDmarc(Check[DmarcOutcome]):
     """DMARC on the inbound path: reads the SPF and DKIM results, never their A-R text.
 
@@ -771,8 +791,7 @@ class InboundDmarc(Check[DmarcOutcome]):
             spf_check.dmarc_identity(results.get(spf_check.RESULT)),
             results.get(dkim_check.RESULT) or (),
         )
-        metrics.DMARC_RESULTS.labels(
-            outcome.result.value, outcome.requested_disposition.value).inc()
+        _result_counter(outcome.result, outcome.requested_disposition).inc()
         return outcome
 
     def auth_results(self, result: DmarcOutcome, connection: Connection) -> Sequence[AuthResult]:

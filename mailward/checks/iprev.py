@@ -51,13 +51,14 @@ def evaluate_iprev(resolver: Resolver, client_ip: IPAddress) -> IprevOutcome:
     if ptr.outcome is not Outcome.ANSWER:
         return IprevOutcome(client_ip, IprevResult.FAIL, reason="no PTR record")
     forward_type = "AAAA" if client_ip.version == 6 else "A"
+    shown = str(client_ip)
     temporary = False
     for name in ptr.records[:MAX_PTR_NAMES]:
         forward = resolver.query(name, forward_type)
         if forward.outcome is Outcome.TEMPERROR:
             temporary = True
             continue
-        if any(_same_address(record, client_ip) for record in forward.records):
+        if any(_same_address(record, client_ip, shown) for record in forward.records):
             return IprevOutcome(client_ip, IprevResult.PASS, name=name)
     first = ptr.records[0] if ptr.records else ""
     if temporary:
@@ -76,7 +77,15 @@ def reverse_pointer(address: IPAddress) -> str:
     return address.reverse_pointer
 
 
-def _same_address(record: str, client_ip: IPAddress) -> bool:
+def _same_address(record: str, client_ip: IPAddress, shown: str) -> bool:
+    """Whether the A/AAAA record is the client's address (`shown` is its str()).
+
+    The record is the resolver's presentation form, which for a matching address is
+    nearly always exactly `shown`: that comparison answers without parsing; any other
+    spelling is parsed and compared as an address.
+    """
+    if record == shown:
+        return True
     try:
         return ipaddress.ip_address(record) == client_ip
     except ValueError:

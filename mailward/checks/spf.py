@@ -305,7 +305,7 @@ class _ResolverQuery(spf.query):  # type: ignore[misc]
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(
-            i=str(client_ip), s=f"{local}@{domain}", h=helo, receiver=receiver, strict=True,
+            i=client_ip, s=f"{local}@{domain}", h=helo, receiver=receiver, strict=True,
         )
         # pyspf splits the sender at the first "@"; a quoted local-part may hold one.
         self.l, self.o, self.d = local, domain, domain
@@ -315,6 +315,28 @@ class _ResolverQuery(spf.query):  # type: ignore[misc]
         self._limits = limits
         self._clock = clock
         self._started = clock()
+
+    def set_ip(self, i: IPAddress | str) -> None:
+        """pyspf's set_ip for the address object we already hold.
+
+        pyspf parses the client address from its text for every query; ours is parsed
+        (and unmapped, see `normalise_client_ip`) once per connection, so the same
+        attributes are set from it directly: `c` (presentation form), `i` (the %{i}
+        macro: dotted nibbles for IPv6), `A`, `v` and `cidrmax`.
+        """
+        if isinstance(i, str):
+            super().set_ip(i)
+            return
+        address = unmapped(i)
+        self.iplist = False
+        self.ipaddr = address
+        self.c = str(address)
+        if address.version == 6:
+            self.A, self.v, self.cidrmax = "AAAA", "ip6", 128
+            self.i = ".".join(address.exploded.replace(":", "").upper())
+        else:
+            self.A, self.v, self.cidrmax = "A", "in-addr", 32
+            self.i = address.exploded
 
     def dns(
         self, name: str, qtype: str, cnames: object = None, ignore_void: bool = False

@@ -72,17 +72,26 @@ class TagSpec(NamedTuple, Generic[AnyStr]):
     well_formed: bool
 
 
+_new_spec = tuple.__new__
+
+
 def tag_specs(data: AnyStr) -> list[TagSpec[AnyStr]]:
     """Every spec of `data` in order, empty ones included, none judged but by form."""
     syntax = _syntax(data)
     whitespace, equals_sign, name_match = syntax.whitespace, syntax.equals, syntax.name.fullmatch
-    specs = []
+    specs: list[TagSpec[AnyStr]] = []
     for raw in data.split(syntax.semicolon):
         name, equals, value = raw.partition(equals_sign)
         name = name.strip(whitespace)
-        well_formed = bool(equals) and name_match(name) is not None
-        specs.append(TagSpec(raw, raw.strip(whitespace), name, value.strip(whitespace),
-                             well_formed))
+        # tag-name = ALPHA *(ALPHA / DIGIT / "_"): string methods decide the usual
+        # all-alphanumeric names; only a name with another character (an "_" or
+        # junk) goes to the pattern, which is the definition.
+        well_formed = bool(equals) and name[:1].isalpha() and name.isascii() and (
+            name.isalnum() or name_match(name) is not None)
+        # tuple.__new__ directly: NamedTuple's generated __new__ is one more Python
+        # frame per spec, half of what making a spec costs.
+        specs.append(_new_spec(TagSpec, (raw, raw.strip(whitespace), name,
+                                         value.strip(whitespace), well_formed)))
     return specs
 
 
