@@ -42,6 +42,7 @@ from types import TracebackType
 
 from bench.sockets import SocketSpec
 from bench.sockets import connect as open_socket
+from milters import protocol
 
 # --------------------------------------------------------------------------- constants
 
@@ -95,46 +96,10 @@ SMFIA_INET = b"4"
 SMFIA_INET6 = b"6"
 
 
-class Act(enum.IntFlag):
-    """SMFIF_*: what the milter may do at end of message."""
-
-    ADDHDRS = 0x001
-    CHGBODY = 0x002
-    ADDRCPT = 0x004
-    DELRCPT = 0x008
-    CHGHDRS = 0x010
-    QUARANTINE = 0x020
-    CHGFROM = 0x040
-    ADDRCPT_PAR = 0x080
-    SETSYMLIST = 0x100
-
-
-class Proto(enum.IntFlag):
-    """SMFIP_*: steps the milter does not want (NO*) or will not answer (NR_*)."""
-
-    NOCONNECT = 0x00000001
-    NOHELO = 0x00000002
-    NOMAIL = 0x00000004
-    NORCPT = 0x00000008
-    NOBODY = 0x00000010
-    NOHDRS = 0x00000020
-    NOEOH = 0x00000040
-    NR_HDR = 0x00000080
-    NOUNKNOWN = 0x00000100
-    NODATA = 0x00000200
-    SKIP = 0x00000400
-    RCPT_REJ = 0x00000800
-    NR_CONN = 0x00001000
-    NR_HELO = 0x00002000
-    NR_MAIL = 0x00004000
-    NR_RCPT = 0x00008000
-    NR_DATA = 0x00010000
-    NR_UNKN = 0x00020000
-    NR_EOH = 0x00040000
-    NR_BODY = 0x00080000
-    HDR_LEADSPC = 0x00100000
-    MDS_256K = 0x10000000
-    MDS_1M = 0x20000000
+# The flag sets are the protocol's own (milters/protocol.py, the milter side); the MTA
+# side names them as libmilter's mfdef.h does: SMFIF_* actions, SMFIP_* protocol steps.
+Act = protocol.Action
+Proto = protocol.Step
 
 
 _HDR_LEADSPC = int(Proto.HDR_LEADSPC)
