@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -20,7 +20,13 @@ from mailward.config import GeneralSettings, MilterSettings, Settings
 from mailward.dns import InMemoryResolver
 from mailward.model import Connection, Transaction, Verdict
 from mailward.pipeline import Pipeline
-from milters.engine import EngineContext, MilterConnection, SessionCounter, serve_forever
+from milters.engine import (
+    ConnectionThreads,
+    EngineContext,
+    MilterConnection,
+    SessionCounter,
+    serve_forever,
+)
 from milters.session import MilterSession
 
 
@@ -262,3 +268,38 @@ def test_quit_closes_and_the_worker_counts_the_session_closed(pipeline):
     server.join(5)
     assert not server.is_alive()
     listener.close()
+
+
+def _session_threads(exclude: Collection[threading.Thread] = ()) -> int:
+    return sum(1 for t in threading.enumerate()
+               if t.name == "milter-session" and t.is_alive() and t not in exclude)
+
+
+def test_connection_threads_are_reused_and_a_burst_ends_after_the_idle_timeout(pipeline):
+    from tests.harness.process import wait_until
+
+    sessions = SessionCounter()
+    threads = ConnectionThreads(lambda: MilterSession(FixedSource(pipeline)), 5.0, sessions,
+                                idle_timeout=0.3)
+    others = set(threading.enumerate())  # e.g. an earlier test's pool, idle for a minute
+
+    # One connection after the other: one thread does all of them.
+    for _ in range(10):
+        client, server = socket.socketpair()
+        threads.submit(server)
+        client.close()  # the engine sees EOF and is done with it
+        wait_until(lambda: threads.idle == 1 and sessions.wait_idle(0) == 0, 5, "idle")
+    assert _session_threads(others) == 1
+
+    # A burst of five at once needs five threads; once idle past the timeout they end.
+    clients = []
+    for _ in range(5):
+        client, server = socket.socketpair()
+        clients.append(client)
+        threads.submit(server)
+    wait_until(lambda: _session_threads(others) == 5, 5, "five busy threads")
+    for client in clients:
+        client.close()
+    wait_until(lambda: _session_threads(others) == 0 and threads.idle == 0, 5,
+               "idle threads to end")
+    assert sessions.wait_idle(0) == 0
