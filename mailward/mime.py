@@ -42,6 +42,11 @@ from mailward.model import Transaction
 _MAX_DEFECTS = 32
 _MAX_HEADER_TEXT = 998 * 4
 _ATTACHMENT_HEAD = 64 * 1024
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+#: Every byte that is no base64 letter (deleted before decoding), and the bytes a
+#: base64 body may hold besides its letters (padding, and what \s is in a bytes regex).
+_NOT_BASE64 = bytes(byte for byte in range(256) if byte not in _BASE64_ALPHABET)
+_BASE64_PADDING_SPACE = _BASE64_ALPHABET + b"= \t\n\r\f\v"
 
 
 @dataclass(frozen=True)
@@ -302,9 +307,11 @@ def _decode_payload(part: email.message.Message, limit: int) -> tuple[bytes, boo
     raw = payload.encode("ascii", "replace")
     if encoding == "base64":
         cut = raw[: (limit // 3 + 2) * 4 * 2]  # line breaks: room for up to 2x
-        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", cut)
+        # bytes.translate deletes in one C pass what a regex substitution matched and
+        # copied piece by piece (an attachment is up to a megabyte of base64).
+        cleaned = cut.translate(None, _NOT_BASE64)
         cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
-        broken = bool(re.search(rb"[^A-Za-z0-9+/=\s]", cut))
+        broken = bool(cut.translate(None, _BASE64_PADDING_SPACE))  # [^A-Za-z0-9+/=\s]
         try:
             data = base64.b64decode(cleaned)
         except (binascii.Error, ValueError):

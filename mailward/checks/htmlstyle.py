@@ -49,18 +49,22 @@ _STYLE_FONT_SIZE = re.compile(r"font-size\s*:\s*(\d+(?:\.\d+)?)\s*(px|pt)", re.I
 _COMMENT_IN_WORD = re.compile(r"[A-Za-z]<!--.{0,80}?-->[A-Za-z]", re.S)
 _TAG_IN_WORD = re.compile(r"[a-z](?:<[a-z][^<>]{0,40}>|</[a-z]{1,6}>)+[a-z]")
 _NUMERIC_ENTITY = re.compile(r"&#(?:x([0-9a-f]{1,4})|(\d{1,5}));", re.I)
+_HEX3 = re.compile(r"[0-9a-f]{3}")
+_HEX6 = re.compile(r"[0-9a-f]{6}")
 _CLICK_HERE = re.compile(r"^\W*(?:click\b.*|here)\W*$", re.I | re.S)
 
 
 def normalise_colour(value: str) -> str:
     """`#FFF`, `ffffff`, `White` -> "ffffff"; "" when it is no colour we know."""
+    if not value:
+        return ""  # most tags have no colour attribute: the common case, first
     text = value.strip().strip("\"'").lower()
     if text in _NAMED_COLOURS:
         return _NAMED_COLOURS[text]
     text = text.lstrip("#")
-    if re.fullmatch(r"[0-9a-f]{3}", text):
+    if _HEX3.fullmatch(text):
         return "".join(char * 2 for char in text)
-    return text if re.fullmatch(r"[0-9a-f]{6}", text) else ""
+    return text if _HEX6.fullmatch(text) else ""
 
 
 @dataclass

@@ -22,7 +22,6 @@ Text style:
 
 from __future__ import annotations
 
-import bisect
 import re
 import string
 from dataclasses import dataclass
@@ -129,62 +128,6 @@ class _Phrase:
     category: str
     pattern: re.Pattern[str]
     literals: tuple[str, ...]
-    #: How each literal is looked up among the text's words (see `_WordIndex`); None
-    #: when a literal does not start with an ASCII letter or digit (then: substring test).
-    keys: tuple[_Key, ...] | None = None
-
-
-@dataclass(frozen=True)
-class _Key:
-    """The first ASCII word of a literal: `word` is its letters and digits up to the first
-    other character; `whole` says the literal goes on after it (so the text's word at the
-    match must be exactly `word`; otherwise it only has to start with it)."""
-
-    word: str
-    whole: bool
-
-
-_LEADING_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _key(literal: str) -> _Key | None:
-    match = _LEADING_WORD.match(literal)
-    if match is None:
-        return None
-    return _Key(match.group(), match.end() < len(literal))
-
-
-def _keys(literals: tuple[str, ...]) -> tuple[_Key, ...] | None:
-    keys = [_key(literal) for literal in literals]
-    if not keys or any(key is None for key in keys):
-        return None
-    return tuple(key for key in keys if key is not None)
-
-
-class _WordIndex:
-    """The runs of ASCII letters and digits in a text, for the phrase pre-filter.
-
-    A phrase only counts where it starts a word (`_found`: not after a letter, digit or
-    "_"), so the run of [a-z0-9] that starts there begins with the literal's first word,
-    and is that word exactly when the literal goes on with another character.  A set
-    lookup (or a bisection for a prefix) per literal replaces a substring scan of the whole
-    text per literal; it rules out at least what the scan ruled out, and only phrases
-    that cannot match, so the result is the same.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.words = frozenset(_LEADING_WORD.findall(text))
-        self._sorted: list[str] | None = None
-
-    def may_start(self, key: _Key) -> bool:
-        if key.whole:
-            return key.word in self.words
-        if key.word in self.words:
-            return True
-        if self._sorted is None:
-            self._sorted = sorted(self.words)
-        index = bisect.bisect_left(self._sorted, key.word)
-        return index < len(self._sorted) and self._sorted[index].startswith(key.word)
 
 
 def _literal_prefix(fragment: str) -> str:
@@ -245,8 +188,7 @@ def _compile(category: str, fragment: str) -> _Phrase:
     tail = "" if fragment.endswith(("$", r"\d")) else r"(?!\w)"
     # No leading (?<!\w): the engine then scans for the literal start at C speed; the
     # word boundary before the match is checked by `_found`.
-    literals = _literals(fragment)
-    return _Phrase(category, re.compile(rf"{fragment}{tail}"), literals, _keys(literals))
+    return _Phrase(category, re.compile(rf"{fragment}{tail}"), _literals(fragment))
 
 
 def _found(pattern: re.Pattern[str], text: str) -> bool:
@@ -265,6 +207,11 @@ _PHRASES = tuple(_compile(category, fragment)
 _DOLLAR_AMOUNT = re.compile(r"\$\s?\d")
 _TOLL_FREE = re.compile(r"(?<!\d)(?:1[-. ]?)?\(?8(?:00|88|77|66)\)?[-. ]?\d{3}[-. ]?\d{4}(?!\d)")
 _SPACES = re.compile(r"\s+")
+#: Every toll-free match holds one of these (the expression has no literal start, so
+#: it is tried at every position of the text: a substring test rules most texts out).
+_TOLL_FREE_PREFIXES = ("800", "888", "877", "866")
+_CAPITALS = string.ascii_uppercase.encode()
+_SMALL_LETTERS = string.ascii_lowercase.encode()
 _ADV = re.compile(r"^\s*[\[(]?adv\b", re.I)
 
 
@@ -272,12 +219,8 @@ def phrase_counts(text: str) -> dict[str, int]:
     """Category -> number of distinct phrases of it found in `text` (lower case, white
     space runs as one space: see `normalise`)."""
     counts: dict[str, int] = {}
-    index = _WordIndex(text)
     for phrase in _PHRASES:
-        if phrase.keys is not None:
-            if not any(index.may_start(key) for key in phrase.keys):
-                continue
-        elif phrase.literals and not any(literal in text for literal in phrase.literals):
+        if phrase.literals and not any(literal in text for literal in phrase.literals):
             continue
         if _found(phrase.pattern, text):
             counts[phrase.category] = counts.get(phrase.category, 0) + 1
@@ -301,17 +244,18 @@ def phrase_symbols(text: str) -> list[Symbol]:
 
 def style_symbols(text: str) -> list[Symbol]:
     symbols: list[Symbol] = []
-    # ASCII letters only, counted by str.count (one C scan per letter; findall of a
-    # one-letter class built a list of every letter, 10x slower).
-    capitals = sum(map(text.count, string.ascii_uppercase))
-    letters = capitals + sum(map(text.count, string.ascii_lowercase))
+    # ASCII letters only, counted by bytes.translate on the ASCII characters (findall of
+    # a one-letter class built a list of every letter: 40x slower).
+    ascii_text = text.encode("ascii", "ignore")
+    capitals = len(ascii_text) - len(ascii_text.translate(None, _CAPITALS))
+    letters = capitals + len(ascii_text) - len(ascii_text.translate(None, _SMALL_LETTERS))
     if letters >= 200 and 3 * capitals >= letters:
         symbols.append(Symbol("BODY_CAPS_HEAVY"))
     if "!!!" in text or text.count("!") >= 10:
         symbols.append(Symbol("BODY_EXCLAIM_MANY"))
     if len(_DOLLAR_AMOUNT.findall(text)) >= 3:
         symbols.append(Symbol("BODY_DOLLAR_AMOUNTS"))
-    if _TOLL_FREE.search(text):
+    if any(prefix in text for prefix in _TOLL_FREE_PREFIXES) and _TOLL_FREE.search(text):
         symbols.append(Symbol("BODY_TOLL_FREE"))
     return symbols
 
