@@ -20,14 +20,13 @@ Every rule works on bounded input (the parse's limits, a cap on links examined).
 
 from __future__ import annotations
 
-import contextlib
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
+from mailward import htmlevents
 from mailward.checks import mime as mime_check
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.mime import Attachment, ParsedMessage
@@ -57,37 +56,48 @@ class ContentFindings:
 RESULT: ResultKey[ContentFindings] = ResultKey("content")
 
 
-class _Links(HTMLParser):
-    """Collects (href, visible text) of <a> elements, bounded."""
+class _LinkReader:
+    """Collects (href, visible text) of <a> elements, bounded (an htmlevents reader)."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.links: list[tuple[str, str]] = []
         self._href: str | None = None
         self._text: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def start(self, tag: str, attrs: htmlevents.Attributes, raw: str) -> None:
         if tag == "a" and len(self.links) < MAX_LINKS:
             self._href = dict(attrs).get("href") or ""
             self._text = []
 
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
         if tag == "a" and self._href is not None:
             self.links.append((self._href, "".join(self._text).strip()))
             self._href = None
 
-    def handle_data(self, data: str) -> None:
+    def data(self, text: str) -> None:
         if self._href is not None and len(self._text) < 50:
-            self._text.append(data)
+            self._text.append(text)
 
 
-def links(html: str) -> list[tuple[str, str]]:
+class _Links(htmlevents.ReaderParser):
+    """The link reader as an HTMLParser of its own (`feed`, then `links`)."""
+
+    def __init__(self) -> None:
+        self._links = _LinkReader()
+        super().__init__(self._links)
+
+    @property
+    def links(self) -> list[tuple[str, str]]:
+        return self._links.links
+
+
+def links(html: str, events: Sequence[htmlevents.Event] | None = None) -> list[tuple[str, str]]:
+    """The links of `html`; `events` is html.parser's record of it, when there is one."""
     if "<a" not in html and "<A" not in html:
         return []  # html.parser only opens a tag at "<" + ASCII letter: no <a, no link
-    parser = _Links()
-    with contextlib.suppress(AssertionError, ValueError):  # keep what was found so far
-        parser.feed(html)
-    return parser.links
+    reader = _LinkReader()
+    htmlevents.read(html, events, reader)  # keeps what was found before a parse error
+    return reader.links
 
 
 def _host(url: str) -> str:
@@ -118,7 +128,7 @@ def _hides_text(html: str) -> bool:
 def link_symbols(parsed: ParsedMessage) -> list[Symbol]:
     symbols: dict[str, Symbol] = {}
     for part in parsed.html_parts:
-        for href, text in links(part.text):
+        for href, text in links(part.text, part.html_events):
             host = _host(href)
             if not host:
                 continue

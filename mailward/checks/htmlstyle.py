@@ -23,12 +23,11 @@ Symbols are names only:
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 
+from mailward import htmlevents
 from mailward.checks import mime as mime_check
 from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.checks.rulebase import RuleCheck, RuleFindings
@@ -50,18 +49,22 @@ _STYLE_FONT_SIZE = re.compile(r"font-size\s*:\s*(\d+(?:\.\d+)?)\s*(px|pt)", re.I
 _COMMENT_IN_WORD = re.compile(r"[A-Za-z]<!--.{0,80}?-->[A-Za-z]", re.S)
 _TAG_IN_WORD = re.compile(r"[a-z](?:<[a-z][^<>]{0,40}>|</[a-z]{1,6}>)+[a-z]")
 _NUMERIC_ENTITY = re.compile(r"&#(?:x([0-9a-f]{1,4})|(\d{1,5}));", re.I)
+_HEX3 = re.compile(r"[0-9a-f]{3}")
+_HEX6 = re.compile(r"[0-9a-f]{6}")
 _CLICK_HERE = re.compile(r"^\W*(?:click\b.*|here)\W*$", re.I | re.S)
 
 
 def normalise_colour(value: str) -> str:
     """`#FFF`, `ffffff`, `White` -> "ffffff"; "" when it is no colour we know."""
+    if not value:
+        return ""  # most tags have no colour attribute: the common case, first
     text = value.strip().strip("\"'").lower()
     if text in _NAMED_COLOURS:
         return _NAMED_COLOURS[text]
     text = text.lstrip("#")
-    if re.fullmatch(r"[0-9a-f]{3}", text):
+    if _HEX3.fullmatch(text):
         return "".join(char * 2 for char in text)
-    return text if re.fullmatch(r"[0-9a-f]{6}", text) else ""
+    return text if _HEX6.fullmatch(text) else ""
 
 
 @dataclass
@@ -81,23 +84,22 @@ class _Style:
     backgrounds: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _StyleParser(HTMLParser):
-    """One bounded pass: tag shapes, colours against the enclosing background, fonts."""
+class _StyleReader:
+    """One bounded pass: tag shapes, colours against the enclosing background, fonts
+    (an htmlevents reader)."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.style = _Style()
         self._link_text: list[str] | None = None
 
     def _background(self) -> str:
         return self.style.backgrounds[-1][1] if self.style.backgrounds else "ffffff"
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+    def start(self, tag: str, attrs: htmlevents.Attributes, raw: str) -> None:
         style = self.style
         if style.tags >= MAX_TAGS:
             return
         style.tags += 1
-        raw = self.get_starttag_text() or ""
         if raw[1:2].isupper():
             style.uppercase_tags += 1
         values = {name: value or "" for name, value in attrs}
@@ -139,7 +141,7 @@ class _StyleParser(HTMLParser):
         elif size in ("+3", "+4", "+5", "+6", "5", "6", "7"):
             self.style.big_font = True
 
-    def handle_endtag(self, tag: str) -> None:
+    def end(self, tag: str) -> None:
         backgrounds = self.style.backgrounds
         for index in range(len(backgrounds) - 1, -1, -1):
             if backgrounds[index][0] == tag:
@@ -150,16 +152,19 @@ class _StyleParser(HTMLParser):
                 self.style.click_here = True
             self._link_text = None
 
-    def handle_data(self, data: str) -> None:
+    def data(self, text: str) -> None:
         if self._link_text is not None and len(self._link_text) < 20:
-            self._link_text.append(data)
+            self._link_text.append(text)
 
 
-def style_of(html: str) -> _Style:
-    parser = _StyleParser()
-    with contextlib.suppress(AssertionError, ValueError):  # keep what was seen so far
-        parser.feed(html[:MAX_HTML_CHARS])
-    return parser.style
+def style_of(html: str, events: Sequence[htmlevents.Event] | None = None) -> _Style:
+    """The style pass over `html[:MAX_HTML_CHARS]`; `events` is html.parser's record of
+    `html` (used only when the whole of it is within MAX_HTML_CHARS: the same input)."""
+    reader = _StyleReader()
+    if events is not None and len(html) > MAX_HTML_CHARS:
+        events = None
+    htmlevents.read(html[:MAX_HTML_CHARS], events, reader)  # keeps what was seen on error
+    return reader.style
 
 
 def letter_entities(html: str) -> int:
@@ -175,7 +180,7 @@ def letter_entities(html: str) -> int:
 
 def part_symbols(part: TextPart) -> set[str]:
     html = part.text[:MAX_HTML_CHARS]
-    style = style_of(html)
+    style = style_of(part.text, part.html_events)
     names: set[str] = set()
     flags = {
         "HTML_TEXT_INVISIBLE": style.invisible,
