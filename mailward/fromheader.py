@@ -84,9 +84,11 @@ _FOLD = re.compile(r"\r?\n(?=[ \t])")
 # is checked separately, so they can only be in a display name or local part).
 _TOLERATED_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect, UndecodableBytesDefect)
 # Exceptions the stdlib address parser is known to raise on malformed input ("joe@"
-# raises IndexError; deeply nested comments exhaust the recursion limit).
+# raises IndexError; deeply nested comments exhaust the recursion limit; an unclosed
+# domain literal after 8-bit text, '"a, b"\x96<a@[ ', hits an unassigned local in
+# _get_ptext_to_endchars: UnboundLocalError, found by bench.fuzz after 1.18M inputs).
 _PARSER_ERRORS = (HeaderParseError, IndexError, ValueError, TypeError, AttributeError,
-                  RecursionError)
+                  RecursionError, UnboundLocalError)
 
 
 def from_header_values(transaction: Transaction) -> tuple[str, ...]:

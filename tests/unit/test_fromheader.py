@@ -127,6 +127,15 @@ def test_encoded_words_in_the_address_itself_stay_invalid(value: str):
     assert authors.detail.startswith("malformed From header")
 
 
+def test_a_value_that_trips_the_stdlib_parser_is_unparseable_not_an_error():
+    # Python 3.11's email parser raises UnboundLocalError on this one (bench.fuzz found it):
+    # a broken From is a DMARC permerror, never a check that raised (temperror, 451).
+    value = b'"a, b"\x96<a@[ '.decode("utf-8", "surrogateescape")
+    assert _parse_from_email(value) == "unparseable From header (UnboundLocalError)"
+    authors = author_domains([value])
+    assert authors.problem is FromProblem.INVALID
+
+
 # --------------------------------------------------------------------------- the author
 
 
