@@ -280,9 +280,7 @@ class MilterConnection:
     def _arguments(self, event: Arguments) -> None:
         session = self._require_session()
         command = event.command
-        if not event.args:
-            raise ProtocolError(f"{command.name.lower()} without its argument")
-        args = _texts(event.args)
+        args = _texts(event.args)  # never empty: the codec refused an argument-less packet
         if command is Command.MAIL:
             self._answer(session.envfrom(*args))
         elif command is Command.RCPT:
