@@ -1,4 +1,4 @@
-"""Mailward's own milter engine: one thread per MTA connection, the protocol in Python.
+"""Mailward's own milter engine: the protocol state of one MTA connection, in Python.
 
 This is what libmilter did for us, minus its trust in the MTA side: `milters.protocol`
 decodes and checks every packet, and this module drives a `MilterSession` with the
@@ -7,24 +7,21 @@ result.  The session keeps the pymilter `Milter.Base` interface (its action meth
 `EngineContext`, which answers `getsymval` from the macros the MTA sent and collects
 the end-of-message modifications as packets.
 
-Why threads: a session's end of message waits on DNS and the state store through
-blocking calls, exactly as under libmilter (which also ran one thread per connection).
-What changes is the cost around the callbacks: no C-to-Python transition per packet,
-no macro lookups through libmilter's array, one `recv` for every packet the MTA wrote
-back to back (with the NR_* steps negotiated, a whole header block arrives at once) and
-one `sendall` per batch of replies.  And a malformed packet ends one session with a log
-line, where libmilter ended the process.
+No sockets here: `MilterConnection.feed` takes bytes and returns whether an end of
+message waits; milters.connections owns the I/O, runs the cheap callbacks on its loop
+and the end of message (which may block on DNS and the state store) on a thread.
+Compared with libmilter: no C-to-Python transition per packet, no macro lookups through
+libmilter's array, every packet the MTA wrote back to back handled in one go (with the
+NR_* steps negotiated, a whole header block arrives at once), one write per batch of
+replies, and a malformed packet ends one session with a log line, where libmilter ended
+the process.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
-import queue
 import socket
-import struct
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -121,38 +118,29 @@ def _hostaddr(connect: protocol.Connect) -> Any:
     return None
 
 
-def _set_timeouts(sock: socket.socket, seconds: float) -> None:
-    """Kernel send/receive timeouts on a blocking socket.
-
-    A Python socket timeout would cost a poll() before every recv and send; with
-    SO_RCVTIMEO/SO_SNDTIMEO the kernel times out the call itself (BlockingIOError).
-    """
-    sock.setblocking(True)
-    whole = int(seconds)
-    value = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-
 def _texts(args: tuple[bytes, ...]) -> list[str]:
     return [arg.decode("utf-8", "surrogateescape") for arg in args]
 
 
 class MilterConnection:
-    """One MTA connection: reads commands, calls the session, writes the replies."""
+    """One MTA connection's protocol state: bytes in, the session called, replies out.
 
-    def __init__(self, sock: socket.socket, new_session: SessionFactory,
-                 timeout: float) -> None:
-        self._sock = sock
+    No I/O here (milters.connections owns the socket): `feed` takes what the MTA wrote
+    and runs every command up to an end of message, which `finish_message` runs later,
+    on a thread that may block on DNS, so that the loop serving every other connection
+    never waits for one message's checks.
+    """
+
+    def __init__(self, new_session: SessionFactory) -> None:
         self._new_session = new_session
-        self._timeout = timeout
         self._reader = protocol.CommandReader()
         self._context = EngineContext()
         self._session: MilterSession | None = None
         self._negotiated: list[int] | None = None
         self._outgoing: list[bytes] = []
+        self._backlog: collections.deque[protocol.Event] = collections.deque()
         self._warned_macros = False
-        self._quit = False
+        self.quit = False
         # One handler per command type: a dict look-up instead of an isinstance chain
         # (a message is a few dozen commands).
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -165,56 +153,51 @@ class MilterConnection:
             protocol.Negotiate: self._negotiate,
         }
 
-    def serve(self) -> None:
-        """Run the connection to its end; never raises (a worker's other sessions go on)."""
-        sock = self._sock
-        try:
-            _set_timeouts(sock, self._timeout)
-            self._loop()
-        except ProtocolError as exc:
-            metrics.MILTER_PROTOCOL_ERRORS.labels("session_closed").inc()
-            log.warning("%s: milter protocol error from the MTA side, session closed: %s",
-                        self._log_id, exc)
-        except (BlockingIOError, TimeoutError):
-            log.info("%s: the MTA sent or took nothing for %.0fs (milter.mta_timeout);"
-                     " session closed", self._log_id, self._timeout)
-        except OSError as exc:
-            log.info("%s: MTA connection lost: %s", self._log_id, exc)
-        except Exception:
-            log.exception("%s: internal error in the milter engine; session closed",
-                          self._log_id)
-            metrics.ERRORS.labels("milter").inc()
-        finally:
-            self._close_session()
-            with contextlib.suppress(OSError):
-                sock.close()
-
     @property
-    def _log_id(self) -> str:
+    def log_id(self) -> str:
         if self._session is not None:
             return self._session.log_id
         return "NOQUEUE"
 
-    def _loop(self) -> None:
-        recv = self._sock.recv
-        receive = self._reader.receive
-        outgoing = self._outgoing
-        handlers = self._handlers
-        while not self._quit:
-            data = recv(_RECV_SIZE)
-            if not data:
-                return
-            for event in receive(data):
-                handlers[type(event)](event)
-                if self._quit:
-                    break
-            if outgoing:
-                self._flush()
+    def feed(self, data: bytes) -> bool:
+        """Run the commands in `data` (and any left over); True: an end of message waits.
 
-    def _flush(self) -> None:
-        if self._outgoing:
-            self._sock.sendall(b"".join(self._outgoing))
-            self._outgoing.clear()
+        Raises ProtocolError on a malformed packet: the caller ends this connection.
+        """
+        self._backlog.extend(self._reader.receive(data))
+        return self._run_backlog()
+
+    def finish_message(self) -> bool:
+        """Run the waiting end of message, then what the MTA sent after it; as `feed`."""
+        self._end_of_message()
+        return self._run_backlog()
+
+    def take_output(self) -> bytes:
+        """The replies and modifications so far, in order, for the MTA."""
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def close(self) -> None:
+        """The connection is gone: end the session (its close callback and log line)."""
+        self._close_session()
+
+    def _run_backlog(self) -> bool:
+        backlog = self._backlog
+        handlers = self._handlers
+        while backlog and not self.quit:
+            event = backlog.popleft()
+            kind = type(event)
+            if kind is Body:
+                assert isinstance(event, Body)
+                self._body(event)
+                if event.last:
+                    return True  # the chunk came with end of message
+            elif kind is Bare and event.command is Command.BODYEOB:  # type: ignore[union-attr]
+                return True
+            else:
+                handlers[kind](event)
+        return False
 
     def _answer(self, status: int) -> None:
         if status != _NOREPLY:
@@ -260,7 +243,7 @@ class MilterConnection:
             if not self._warned_macros:
                 self._warned_macros = True
                 log.warning("%s: macro packet for stage %r has a name without a value;"
-                            " the name was dropped", self._log_id, event.stage)
+                            " the name was dropped", self.log_id, event.stage)
         context = self._context
         if event.stage in _CONNECTION_STAGES:
             context.connection_macros.update(event.values)
@@ -272,9 +255,7 @@ class MilterConnection:
     def _body(self, event: Body) -> None:
         session = self._require_session()
         status = session.body(event.chunk)
-        if event.last:
-            self._end_of_message()  # the chunk came with end of message: one reply
-        else:
+        if not event.last:  # else end of message follows: its reply is the one reply
             self._answer(status)
 
     def _arguments(self, event: Arguments) -> None:
@@ -297,9 +278,7 @@ class MilterConnection:
 
     def _bare(self, event: Bare) -> None:
         command = event.command
-        if command is Command.BODYEOB:
-            self._end_of_message()
-        elif command is Command.ABORT:
+        if command is Command.ABORT:
             if self._session is not None:
                 self._session.abort()
             self._context.end_message()
@@ -308,7 +287,7 @@ class MilterConnection:
         elif command is Command.DATA:
             self._answer_unwanted(protocol.Step.NR_DATA)
         elif command is Command.QUIT:
-            self._quit = True
+            self.quit = True
         elif command is Command.QUIT_NC:
             self._next_connection()
 
@@ -341,124 +320,3 @@ class MilterConnection:
                 session.close()
             finally:
                 session._setctx(None)
-
-
-class SessionCounter:
-    """The open sessions of a worker, so that a stopping worker can wait for them."""
-
-    def __init__(self) -> None:
-        self._open = 0
-        self._idle = threading.Condition()
-
-    def opened(self) -> None:
-        with self._idle:
-            self._open += 1
-
-    def closed(self) -> None:
-        with self._idle:
-            self._open -= 1
-            self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> int:
-        """Wait until no session is open, at most `timeout` seconds; return those left."""
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._open > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._idle.wait(remaining)
-            return self._open
-
-
-class _Idle:
-    """One idle connection thread's inbox (the next connection it is to serve)."""
-
-    def __init__(self) -> None:
-        self.inbox: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
-
-
-class ConnectionThreads:
-    """Threads that serve MTA connections, kept for the next one instead of ended.
-
-    Starting a Python thread per connection cost about a tenth of a message's CPU under
-    load (the start handshake needs the GIL twice); an idle thread takes the next
-    connection instead.  The most recently idle thread is picked (a stack, not a queue),
-    so under steady load the same few threads do the work and those a burst added stay
-    idle and end after `idle_timeout` seconds: the thread count follows the load down.
-    """
-
-    def __init__(self, new_session: SessionFactory, timeout: float,
-                 sessions: SessionCounter, idle_timeout: float = 60.0) -> None:
-        self._new_session = new_session
-        self._timeout = timeout
-        self._sessions = sessions
-        self._idle_timeout = idle_timeout
-        self._lock = threading.Lock()
-        self._idle: list[_Idle] = []
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-    def submit(self, conn: socket.socket) -> None:
-        """Serve `conn` on an idle thread, or a new one; the session counts as open now."""
-        self._sessions.opened()
-        with self._lock:
-            idle = self._idle.pop() if self._idle else None
-        if idle is not None:
-            idle.inbox.put(conn)
-            return
-        thread = threading.Thread(target=self._run, args=(conn,), name="milter-session",
-                                  daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            log.error("cannot start a thread for a milter session; connection refused")
-            self._sessions.closed()
-            conn.close()
-
-    def _run(self, conn: socket.socket | None) -> None:
-        me = _Idle()
-        while conn is not None:
-            try:
-                MilterConnection(conn, self._new_session, self._timeout).serve()
-            finally:
-                self._sessions.closed()
-            conn = self._next(me)
-
-    def _next(self, me: _Idle) -> socket.socket | None:
-        with self._lock:
-            self._idle.append(me)
-        try:
-            return me.inbox.get(timeout=self._idle_timeout)
-        except queue.Empty:
-            with self._lock:
-                if me in self._idle:
-                    self._idle.remove(me)
-                    return None
-            # Picked by `submit` just as the wait ended: its connection is on the way.
-            return me.inbox.get()
-
-
-def serve_forever(listener: socket.socket, new_session: SessionFactory, timeout: float,
-                  sessions: SessionCounter, stopping: Callable[[], bool]) -> None:
-    """Accept MTA connections on `listener` until `stopping()`, each on its own thread.
-
-    The listener is shared with the other workers; the kernel hands each connection to
-    one of them.  Returns without closing the sessions in flight (the caller drains).
-    """
-    threads = ConnectionThreads(new_session, timeout, sessions)
-    listener.settimeout(0.5)  # how soon a stop request is noticed
-    while not stopping():
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            continue
-        except OSError as exc:
-            if stopping():
-                break
-            log.warning("accept on the milter socket failed: %s", exc)
-            time.sleep(0.1)  # e.g. out of descriptors: do not spin
-            continue
-        threads.submit(conn)

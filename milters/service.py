@@ -1,7 +1,8 @@
 """The milter service: one listening socket, N worker processes, a supervisor.
 
 Why this shape:
-- Each worker runs one thread per MTA connection (milters/engine.py, or libmilter with
+- Each worker serves its MTA connections from one event loop, with ends of message on
+  threads (milters/connections.py; libmilter's thread per connection with
   `[milter] engine = "libmilter"`); Python's GIL caps a process at one core.  The
   supervisor opens the socket once and forks `workers` processes that all accept on
   it, so the kernel spreads connections across cores.
@@ -39,8 +40,8 @@ import milter
 from mailward import metrics, runtime, sdnotify
 from mailward.config import ConfigError, MilterEngine, Settings, SocketAddress, SocketKind
 from mailward.pipeline import Pipeline
-from milters import engine
-from milters.engine import SessionCounter
+from milters import connections
+from milters.connections import SessionCounter
 from milters.session import MilterSession
 
 log = logging.getLogger("mailward.milter")
@@ -299,6 +300,7 @@ class MilterService:
         runtime.warn_about_restart_keys({
             "milter.socket": (self.settings.milter.socket, new.milter.socket),
             "milter.workers": (self.settings.milter.workers, new.milter.workers),
+            "milter.engine": (self.settings.milter.engine, new.milter.engine),
             "metrics.listen": (self.settings.metrics.listen, new.metrics.listen),
         })
         self.settings = new
@@ -388,7 +390,7 @@ class MilterService:
                 pipeline=self.factory(self.settings),
                 seen_generation=self.control.get(),
             )
-            engine.serve_forever(
+            connections.serve_forever(
                 listener, lambda: MilterSession(source), float(self.settings.milter.mta_timeout),
                 self.sessions, lambda: self._worker_stop or self.control.stopping)
             listener.close()

@@ -1,9 +1,11 @@
-"""milters.engine: a MilterSession driven over a real socket by Mailward's own engine.
+"""milters.engine and milters.connections: a MilterSession driven over a real socket by
+Mailward's own engine.
 
 The MTA side is bench/milter_client.py's codec (an independent implementation of the
-wire format), the engine is on the other end of a socketpair in its own thread, and the
-pipeline is the real one with an in-memory resolver.  What matters: the replies a Verdict
-turns into, and that malformed input ends one session with a log line and nothing else.
+wire format), the engine's connection loop serves the other end of a socketpair from its
+own thread, and the pipeline is the real one with an in-memory resolver.  What matters:
+the replies a Verdict turns into, that malformed input ends one session with a log line
+and nothing else, and that one slow or stuck connection holds up no other.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from mailward.config import GeneralSettings, MilterSettings, Settings
 from mailward.dns import InMemoryResolver
 from mailward.model import Connection, Transaction, Verdict
 from mailward.pipeline import Pipeline
-from milters.engine import (
-    ConnectionThreads,
-    EngineContext,
-    MilterConnection,
+from milters.connections import (
+    ConnectionLoop,
+    MessageThreads,
     SessionCounter,
     serve_forever,
 )
+from milters.engine import EngineContext
 from milters.session import MilterSession
 
 
@@ -64,17 +66,29 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-class Mta:
-    """The MTA end of a socketpair whose other end an engine thread serves."""
+class Engine:
+    """A connection loop on its own thread, as a worker runs it, with a listener nobody
+    connects to: the tests hand it one end of a socketpair each."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, timeout: float = 5.0) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(f"\0mailward-test-loop-{id(self)}")
+        self.listener.listen(1)
+        self.sessions = SessionCounter()
+        self.loop = ConnectionLoop(self.listener, lambda: MilterSession(FixedSource(pipeline)),
+                                   timeout, self.sessions)
+        threading.Thread(target=self.loop.run, daemon=True).start()
+
+
+class Mta:
+    """The MTA end of a socketpair whose other end the engine's loop serves."""
+
+    def __init__(self, pipeline: Pipeline, engine: Engine | None = None) -> None:
+        self.engine = engine or Engine(pipeline)
         self.sock, server = socket.socketpair()
         self.sock.settimeout(5)
         self.reader = mta.ResponseReader()
-        session = lambda: MilterSession(FixedSource(pipeline))  # noqa: E731
-        self.thread = threading.Thread(
-            target=MilterConnection(server, session, timeout=5).serve, daemon=True)
-        self.thread.start()
+        self.engine.loop.adopt(server)
 
     def negotiate(self) -> mta.Negotiated:
         self.sock.sendall(mta.encode_optneg())
@@ -93,11 +107,11 @@ class Mta:
         return response
 
     def closed_by_engine(self) -> bool:
-        self.thread.join(5)
         try:
-            return self.sock.recv(65536) == b"" and not self.thread.is_alive()
+            closed = self.sock.recv(65536) == b""
         except ConnectionResetError:
-            return not self.thread.is_alive()
+            closed = True
+        return closed and self.engine.sessions.wait_idle(5) == 0
 
     def message(self, queue_id: str = "QID1", extra_macros: bytes = b"",
                 subject: str = " hello") -> mta.Response:
@@ -264,42 +278,114 @@ def test_quit_closes_and_the_worker_counts_the_session_closed(pipeline):
     client.sendall(mta.ENCODED_QUIT)
     assert client.recv(65536) == b""
     assert sessions.wait_idle(5) == 0
+    # A session open when the stop comes is still served: the worker drains it.
+    open_one = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    open_one.settimeout(5)
+    open_one.connect(listener.getsockname())
+    open_one.sendall(mta.encode_optneg())
+    assert open_one.recv(65536)[4:5] == b"O"
     stop.set()
     server.join(5)
     assert not server.is_alive()
+    open_one.sendall(mta.ENCODED_QUIT)
+    assert open_one.recv(65536) == b""
+    assert sessions.wait_idle(5) == 0
     listener.close()
 
 
-def _session_threads(exclude: Collection[threading.Thread] = ()) -> int:
+def _message_threads(exclude: Collection[threading.Thread] = ()) -> int:
     return sum(1 for t in threading.enumerate()
-               if t.name == "milter-session" and t.is_alive() and t not in exclude)
+               if t.name == "milter-message" and t.is_alive() and t not in exclude)
 
 
-def test_connection_threads_are_reused_and_a_burst_ends_after_the_idle_timeout(pipeline):
+def test_message_threads_are_reused_and_a_burst_ends_after_the_idle_timeout():
     from tests.harness.process import wait_until
 
-    sessions = SessionCounter()
-    threads = ConnectionThreads(lambda: MilterSession(FixedSource(pipeline)), 5.0, sessions,
-                                idle_timeout=0.3)
+    threads = MessageThreads(idle_timeout=0.3)
     others = set(threading.enumerate())  # e.g. an earlier test's pool, idle for a minute
 
-    # One connection after the other: one thread does all of them.
+    # One task after the other: one thread does all of them.
     for _ in range(10):
-        client, server = socket.socketpair()
-        threads.submit(server)
-        client.close()  # the engine sees EOF and is done with it
-        wait_until(lambda: threads.idle == 1 and sessions.wait_idle(0) == 0, 5, "idle")
-    assert _session_threads(others) == 1
+        done = threading.Event()
+        assert threads.submit(done.set)
+        assert done.wait(5)
+        wait_until(lambda: threads.idle == 1, 5, "idle")
+    assert _message_threads(others) == 1
 
-    # A burst of five at once needs five threads; once idle past the timeout they end.
-    clients = []
+    # A burst of five blocked at once needs five threads; idle past the timeout they end.
+    release = threading.Event()
+
+    def blocked() -> None:
+        release.wait(5)
+
     for _ in range(5):
-        client, server = socket.socketpair()
-        clients.append(client)
-        threads.submit(server)
-    wait_until(lambda: _session_threads(others) == 5, 5, "five busy threads")
-    for client in clients:
-        client.close()
-    wait_until(lambda: _session_threads(others) == 0 and threads.idle == 0, 5,
+        assert threads.submit(blocked)
+    wait_until(lambda: _message_threads(others) == 5, 5, "five busy threads")
+    release.set()
+    wait_until(lambda: _message_threads(others) == 0 and threads.idle == 0, 5,
                "idle threads to end")
-    assert sessions.wait_idle(0) == 0
+
+
+class SlowPipeline(RecordingPipeline):
+    """Holds the message with queue id SLOW in its checks until `release` is set: a DNS
+    lookup that takes its time."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
+
+    def evaluate(self, connection: Connection, transaction: Transaction) -> Verdict:
+        if transaction.queue_id == "SLOW":
+            assert self.release.wait(10)
+        return super().evaluate(connection, transaction)
+
+
+def test_a_slow_end_of_message_holds_up_no_other_connection():
+    pipeline = SlowPipeline(make_settings(), InMemoryResolver())
+    engine = Engine(pipeline)
+    slow, quick = Mta(pipeline, engine), Mta(pipeline, engine)
+    for peer in (slow, quick):
+        peer.negotiate()
+        peer.connect()
+    slow.sock.sendall(mta.encode_macros(mta.SMFIC_MAIL, [("i", "SLOW")])
+                      + mta.encode_mail("a@example.org") + mta.encode_rcpt("b@example.net")
+                      + mta.encode_body(b"x\r\n") + mta.ENCODED_EOM)
+    for queue_id in ("Q1", "Q2"):
+        assert quick.message(queue_id=queue_id).reply.action is mta.Action.CONTINUE
+    assert [t.queue_id for _, t in pipeline.seen] == ["Q1", "Q2"]
+    pipeline.release.set()
+    assert slow.response().reply.action is mta.Action.CONTINUE
+    assert pipeline.seen[-1][1].queue_id == "SLOW"
+
+
+def test_a_peer_that_never_reads_our_replies_is_not_buffered_without_end(pipeline):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0mailward-test-unread-{id(pipeline)}")
+    listener.listen(1)
+    sessions = SessionCounter()
+    loop = ConnectionLoop(listener, lambda: MilterSession(FixedSource(pipeline)), 5.0,
+                          sessions, max_unsent=4096)
+    threading.Thread(target=loop.run, daemon=True).start()
+    engine = Engine.__new__(Engine)
+    engine.listener, engine.sessions, engine.loop = listener, sessions, loop
+    hostile, bystander = Mta(pipeline, engine), Mta(pipeline, engine)
+    # Protocol flags 0: every command wants its reply.  Write HELOs and never read.
+    hostile.sock.sendall(mta.encode_optneg(protocol=0))
+    hostile.sock.settimeout(0.5)
+    helo = mta.encode_helo("client.example.org") * 1000
+    with pytest.raises(TimeoutError):
+        for _ in range(300):  # 9 MB: far more than the socket buffers and 4 KiB hold
+            hostile.sock.sendall(helo)
+    # The engine stopped reading that peer once 4 KiB of replies waited, and serves others.
+    bystander.negotiate()
+    bystander.connect()
+    assert bystander.message().reply.action is mta.Action.CONTINUE
+    hostile.sock.close()
+    bystander.sock.close()
+    assert sessions.wait_idle(5) == 0
+
+
+def test_a_peer_that_sends_nothing_is_closed_after_the_mta_timeout(pipeline):
+    peer = Mta(pipeline, Engine(pipeline, timeout=0.3))
+    peer.negotiate()
+    assert peer.closed_by_engine()
