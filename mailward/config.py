@@ -207,6 +207,7 @@ class MilterSettings:
     socket: SocketAddress = SocketAddress(SocketKind.UNIX, path="/run/mailward/milter.sock")
     socket_permissions: SocketPermissions = SocketPermissions()
     workers: int = 1
+    pin_cpus: bool = True  # each worker stays on one CPU (mailward/cpus.py says why)
     max_body_size: int = 10 * 1024 * 1024
     shutdown_timeout: float = 30.0
     mta_timeout: int = 300
@@ -595,6 +596,7 @@ def _read_milter(table: Table) -> MilterSettings:
         socket=table.parsed("socket", SocketAddress.parse, defaults.socket),
         socket_permissions=_read_socket_permissions(table),
         workers=table.number("workers", int, defaults.workers, 1, 64),
+        pin_cpus=table.scalar("pin_cpus", bool, defaults.pin_cpus),
         max_body_size=table.number(
             "max_body_size", int, defaults.max_body_size, 0, 1024 * 1024 * 1024
         ),

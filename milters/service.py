@@ -3,7 +3,8 @@
 Why this shape:
 - Each worker serves its MTA connections from one event loop, with ends of message on
   threads (milters/connections.py; libmilter's thread per connection with
-  `[milter] engine = "libmilter"`); Python's GIL caps a process at one core.  The
+  `[milter] engine = "libmilter"`), pinned to one CPU (`pin_cpus`, mailward/cpus.py);
+  Python's GIL caps a process at one core.  The
   supervisor opens the socket once and forks `workers` processes that all accept on
   it, so the kernel spreads connections across cores.
 - Only the supervisor handles signals (libmilter owns SIGHUP/SIGTERM inside its
@@ -37,7 +38,7 @@ from typing import Any
 import Milter
 import milter
 
-from mailward import metrics, runtime, sdnotify
+from mailward import cpus, metrics, runtime, sdnotify
 from mailward.config import ConfigError, MilterEngine, Settings, SocketAddress, SocketKind
 from mailward.pipeline import Pipeline
 from milters import connections
@@ -177,6 +178,8 @@ class MilterService:
         self.sessions = SessionCounter()
         self.registry = SessionRegistry(self.sessions)
         self.workers: dict[int, float] = {}  # pid -> start time
+        self._worker_cpus: dict[int, int] = {}  # pid -> the CPU it is pinned to
+        self._cpus = cpus.allowed_cpus() if settings.milter.pin_cpus else ()
         self._stopping = False
         self._quick_deaths = 0
         self._listener: int | None = None
@@ -301,6 +304,7 @@ class MilterService:
             "milter.socket": (self.settings.milter.socket, new.milter.socket),
             "milter.workers": (self.settings.milter.workers, new.milter.workers),
             "milter.engine": (self.settings.milter.engine, new.milter.engine),
+            "milter.pin_cpus": (self.settings.milter.pin_cpus, new.milter.pin_cpus),
             "metrics.listen": (self.settings.metrics.listen, new.metrics.listen),
         })
         self.settings = new
@@ -320,6 +324,7 @@ class MilterService:
             if pid == 0:
                 break
             started = self.workers.pop(pid, None)
+            self._worker_cpus.pop(pid, None)
             runtime.mark_worker_dead(pid)
             if started is None or self._stopping:
                 continue
@@ -337,10 +342,15 @@ class MilterService:
         return healthy
 
     def _spawn(self) -> None:
+        cpu = cpus.least_used(self._cpus, self._worker_cpus.values()) if self._cpus else None
         pid = os.fork()
         if pid == 0:
+            if cpu is not None:
+                cpus.pin_to(cpu)
             self._worker()  # never returns
         self.workers[pid] = time.monotonic()
+        if cpu is not None:
+            self._worker_cpus[pid] = cpu
 
     # ------------------------------------------------------------------ worker
 

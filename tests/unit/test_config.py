@@ -60,6 +60,7 @@ def test_empty_file_gives_defaults(tmp_path: Path):
     assert settings.dns.timeout == 2.0
     assert str(settings.milter.socket) == "unix:/run/mailward/milter.sock"
     assert settings.milter.workers == 1
+    assert settings.milter.pin_cpus is True
     assert str(settings.policyd.socket) == "inet:127.0.0.1:10040"
     assert settings.metrics.listen == ListenAddress("127.0.0.1", 9317)
     assert settings.state.backend is StateBackend.SQLITE
@@ -89,6 +90,7 @@ socket = "inet:127.0.0.1:8891"
 socket_mode = "0600"
 socket_group = "postfix"
 workers = 4
+pin_cpus = false
 max_body_size = 1048576
 shutdown_timeout = 5.5
 mta_timeout = 120
@@ -131,6 +133,7 @@ def test_full_valid_file():
     assert milter.socket_permissions.mode == 0o600
     assert milter.socket_permissions.group == "postfix"
     assert milter.workers == 4
+    assert milter.pin_cpus is False
     assert milter.max_body_size == 1048576
     assert milter.shutdown_timeout == 5.5
     assert milter.mta_timeout == 120

@@ -1,0 +1,73 @@
+"""Where the real milter service's workers run: `[milter] pin_cpus` (mailward/cpus.py).
+
+Read from the kernel (/proc/PID/status, Cpus_allowed_list), not from our own bookkeeping:
+each worker stays on one CPU, the workers are spread over the CPUs the service may use,
+a respawned worker takes the CPU of the one that died, and `pin_cpus = false` leaves
+them where the kernel puts them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from tests.harness import CHECKS_OFF, toml
+from tests.harness.process import wait_until
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
+    return {int(pid) for pid in children.split()}
+
+
+def two_workers(supervisor: int, other_than: set[int] | None = None) -> set[int]:
+    """The two workers, once there are two (and, with `other_than`, a new one)."""
+    def ready() -> set[int] | None:
+        pids = worker_pids(supervisor)
+        return pids if len(pids) == 2 and pids != other_than else None
+    return wait_until(ready, 15, "two workers")
+
+
+def allowed_cpus(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            cpus: set[int] = set()
+            for part in line.split(":", 1)[1].strip().split(","):
+                first, _, last = part.partition("-")
+                cpus.update(range(int(first), int(last or first) + 1))
+            return cpus
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+def workers_config(**milter: object) -> dict[str, object]:
+    return toml.deep_merge(CHECKS_OFF, {"milter": {"workers": 2, **milter}})
+
+
+def test_each_worker_stays_on_its_own_cpu_and_a_respawn_takes_the_free_one(
+        stack, mailward_factory):
+    services = mailward_factory(workers_config(), services=["milter"], attach=False)
+    supervisor = services.pids()["milter"]
+    ours = sorted(os.sched_getaffinity(0))  # the service inherits the test's CPUs
+    expected = sorted(ours[:2]) if len(ours) >= 2 else [ours[0], ours[0]]
+
+    workers = two_workers(supervisor)
+    placed = {pid: allowed_cpus(pid) for pid in workers}
+    assert all(len(cpus) == 1 for cpus in placed.values()), placed
+    assert sorted(next(iter(cpus)) for cpus in placed.values()) == expected
+    assert allowed_cpus(supervisor) == set(ours)  # the supervisor itself is not pinned
+
+    victim = min(workers)
+    freed = placed[victim]
+    os.kill(victim, signal.SIGKILL)
+    (pid,) = two_workers(supervisor, other_than=workers) - workers
+    assert allowed_cpus(pid) == freed
+
+
+def test_pin_cpus_false_leaves_the_workers_unpinned(stack, mailward_factory):
+    services = mailward_factory(workers_config(pin_cpus=False), services=["milter"],
+                                attach=False)
+    supervisor = services.pids()["milter"]
+    workers = two_workers(supervisor)
+    ours = set(os.sched_getaffinity(0))
+    assert all(allowed_cpus(pid) == ours for pid in workers)
