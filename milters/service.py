@@ -38,7 +38,7 @@ from typing import Any
 import Milter
 import milter
 
-from mailward import cpus, metrics, runtime, sdnotify
+from mailward import cpus, gctune, metrics, runtime, sdnotify
 from mailward.config import ConfigError, MilterEngine, Settings, SocketAddress, SocketKind
 from mailward.pipeline import Pipeline
 from milters import connections
@@ -400,6 +400,7 @@ class MilterService:
                 pipeline=self.factory(self.settings),
                 seen_generation=self.control.get(),
             )
+            gctune.settle_after_start()
             connections.serve_forever(
                 listener, lambda: MilterSession(source), float(self.settings.milter.mta_timeout),
                 self.sessions, lambda: self._worker_stop or self.control.stopping)
