@@ -184,9 +184,12 @@ def run_service(ctx: Context, opts: Options, count: int, name: str) -> PerMessag
 
 
 def measured_message(ctx: Context, target: Target) -> bytes:
-    """The message `bench.run` sends `target`: the inbound targets get the ARC-sealed one."""
-    from bench import inbound
+    """The message `bench.run` sends `target`: the inbound targets get the ARC-sealed one,
+    the scoring targets the generated spam their verdict check expects."""
+    from bench import inbound, scoring
 
+    if isinstance(target, scoring.ScoringTarget):
+        return scoring.scoring_message(ctx)
     if isinstance(target, inbound.InboundTarget) and (ctx.workdir / inbound.SIGNING_KEY).exists():
         return inbound.inbound_message(ctx)
     return ctx.message
