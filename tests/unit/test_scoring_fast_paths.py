@@ -1,5 +1,6 @@
 """The scoring checks' shortcuts give what the long way gives (issue 10's speed work):
-white space normalising, letter counting, the toll-free pre-test, base64 cleaning."""
+white space normalising, letter counting, the toll-free and phrase pre-tests, base64
+cleaning."""
 
 from __future__ import annotations
 
@@ -48,3 +49,51 @@ def test_base64_cleaning_is_the_regular_expression_one() -> None:
         assert cut.translate(None, mime._NOT_BASE64) == re.sub(rb"[^A-Za-z0-9+/]", b"", cut)
         assert bool(cut.translate(None, mime._BASE64_PADDING_SPACE)) == \
             bool(re.search(rb"[^A-Za-z0-9+/=\s]", cut))
+
+
+_PHRASE_PIECES = ["make money", "order now", "risk-free", "risk free", "congratulations",
+                  "refinancing", "50% off", "5 million dollars", "you've been selected",
+                  "expires today", "dear friend", "click here to unsubscribe", "usd5",
+                  "pre-approved", "e-mail marketing", "us$ 9", "no fees", "prize", "dont wait",
+                  "optin list", "email marketing", "antiaging", " ", " ",
+                  ".", "_", "\u2019", "\u2014", "\xe9", "re", "x", "0", "'", "-", "$"]
+
+
+def _reference_phrase_counts(text: str) -> dict[str, int]:
+    """Every phrase's regular expression on the whole text: no pre-tests."""
+    counts: dict[str, int] = {}
+    for phrase in phrases._PHRASES:
+        if phrases._found(phrase.pattern, text):
+            counts[phrase.category] = counts.get(phrase.category, 0) + 1
+    return counts
+
+
+def test_phrase_pre_tests_never_rule_out_a_phrase_that_matches() -> None:
+    rng = random.Random(3)
+    found_any = 0
+    for _ in range(4000):
+        text = "".join(rng.choice(_PHRASE_PIECES) for _ in range(rng.randint(1, 8)))
+        expected = _reference_phrase_counts(text)
+        found_any += bool(expected)
+        assert phrases.phrase_counts(text) == expected, repr(text)
+    assert found_any > 1000  # the pieces do make phrases
+
+
+def test_phrase_words_are_the_words_a_match_must_start_with() -> None:
+    def words(fragment: str) -> frozenset[str]:
+        return phrases._compile("X", fragment).words
+
+    assert words("make money") == {"make"}
+    assert words("(?:lower|reduce) your payments") == {"lower", "reduce"}
+    assert words("risk[- ]free") == {"risk"}
+    assert words("congratulations") == {"congratulations"}  # with the (?!\w) tail
+    assert words(r"earn (?:up to )?\$") == {"earn"}
+    for unsure in (r"refinanc\w*", "expires? soon", "don'?t wait", "opt[- ]?in list",
+                   "you(?:'ve| have) been", r"\$\d+ per week", "prescriptions?"):
+        assert words(unsure) == frozenset(), unsure
+
+
+def test_text_words_agree_on_ascii_and_other_text() -> None:
+    ascii_text = "Order now: 50% off_today, it's re-mailed!"
+    assert phrases.text_words(ascii_text) == frozenset(phrases._WORD.findall(ascii_text))
+    assert phrases.text_words("caf\xe9\u2019s order\u2014now") == {"caf\xe9", "s", "order", "now"}
