@@ -40,6 +40,23 @@ def allowed_cpus(pid: int) -> set[int]:
     raise AssertionError(f"no Cpus_allowed_list for {pid}")
 
 
+def pinned_placement(workers: set[int]) -> dict[int, set[int]]:
+    """Each worker's CPUs, once every one of them has pinned itself.
+
+    A worker pins itself first thing after the fork, so for an instant after it appears
+    under the supervisor it still has the supervisor's CPUs; reading then would race it.
+    A worker that never pins still fails here, with the CPUs it kept.
+    """
+    last: dict[int, set[int]] = {}
+
+    def pinned() -> dict[int, set[int]] | None:
+        last.clear()
+        last.update({pid: allowed_cpus(pid) for pid in workers})
+        return dict(last) if all(len(cpus) == 1 for cpus in last.values()) else None
+    return wait_until(pinned, 15, "every worker pinned to one CPU",
+                      diagnostics=lambda: f"CPUs allowed: {last}")
+
+
 def workers_config(**milter: object) -> dict[str, object]:
     return toml.deep_merge(CHECKS_OFF, {"milter": {"workers": 2, **milter}})
 
@@ -52,8 +69,7 @@ def test_each_worker_stays_on_its_own_cpu_and_a_respawn_takes_the_free_one(
     expected = sorted(ours[:2]) if len(ours) >= 2 else [ours[0], ours[0]]
 
     workers = two_workers(supervisor)
-    placed = {pid: allowed_cpus(pid) for pid in workers}
-    assert all(len(cpus) == 1 for cpus in placed.values()), placed
+    placed = pinned_placement(workers)
     assert sorted(next(iter(cpus)) for cpus in placed.values()) == expected
     assert allowed_cpus(supervisor) == set(ours)  # the supervisor itself is not pinned
 
@@ -61,7 +77,7 @@ def test_each_worker_stays_on_its_own_cpu_and_a_respawn_takes_the_free_one(
     freed = placed[victim]
     os.kill(victim, signal.SIGKILL)
     (pid,) = two_workers(supervisor, other_than=workers) - workers
-    assert allowed_cpus(pid) == freed
+    assert pinned_placement({pid})[pid] == freed
 
 
 def test_pin_cpus_false_leaves_the_workers_unpinned(stack, mailward_factory):
