@@ -89,6 +89,12 @@ _reserved_ports: set[int] = set()
 _port_lock = threading.Lock()
 
 
+def child_pids(parent: int) -> set[int]:
+    """The direct children of `parent` (a supervisor's workers), from the kernel."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text()
+    return {int(pid) for pid in children.split()}
+
+
 def _port_is_free(port: int, host: str) -> bool:
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as probe:

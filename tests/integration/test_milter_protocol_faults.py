@@ -13,10 +13,10 @@ from __future__ import annotations
 import socket
 import struct
 import uuid
-from pathlib import Path
 
 from bench import milter_client as mta
 from tests.harness import CHECKS_OFF, send_with_swaks, toml
+from tests.harness.process import child_pids, wait_until
 
 AUTHSERV_ID = "mx.example.net"
 
@@ -77,15 +77,11 @@ def closed(sock: socket.socket) -> bool:
         return True
 
 
-def worker_pids(supervisor: int) -> set[int]:
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
-    return {int(pid) for pid in children.split()}
-
-
 def test_hostile_packets_end_only_their_own_session(stack, mailward_factory):
     services = mailward_factory(CHECKS_OFF, services=["milter"], attach=False)
     supervisor = services.pids()["milter"]
-    workers = worker_pids(supervisor)
+    # The supervisor forks its worker after it starts listening: wait for it.
+    workers = wait_until(lambda: child_pids(supervisor), 15, "the milter's worker")
     assert len(workers) == 1
 
     # A well-behaved session, half-way through its message, on the same (only) worker.
@@ -113,7 +109,7 @@ def test_hostile_packets_end_only_their_own_session(stack, mailward_factory):
     assert mta.InsertHeader(0, "Authentication-Results", f" {AUTHSERV_ID}; none") \
         in answer.modifications
 
-    assert worker_pids(supervisor) == workers  # no crash, no respawn
+    assert child_pids(supervisor) == workers  # no crash, no respawn
     log = services.log_text("milter")
     assert "exited unexpectedly" not in log
     assert log.count("milter protocol error from the MTA side, session closed") == 4

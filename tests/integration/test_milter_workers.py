@@ -13,18 +13,13 @@ import signal
 from pathlib import Path
 
 from tests.harness import CHECKS_OFF, toml
-from tests.harness.process import wait_until
-
-
-def worker_pids(supervisor: int) -> set[int]:
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text()
-    return {int(pid) for pid in children.split()}
+from tests.harness.process import child_pids, wait_until
 
 
 def two_workers(supervisor: int, other_than: set[int] | None = None) -> set[int]:
     """The two workers, once there are two (and, with `other_than`, a new one)."""
     def ready() -> set[int] | None:
-        pids = worker_pids(supervisor)
+        pids = child_pids(supervisor)
         return pids if len(pids) == 2 and pids != other_than else None
     return wait_until(ready, 15, "two workers")
 

@@ -10,6 +10,8 @@ and nothing else, and that one slow or stuck connection holds up no other.
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import threading
 from collections.abc import Collection, Iterator
@@ -66,13 +68,21 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+_LISTENER_NUMBERS = itertools.count()
+
+
 class Engine:
     """A connection loop on its own thread, as a worker runs it, with a listener nobody
-    connects to: the tests hand it one end of a socketpair each."""
+    connects to: the tests hand it one end of a socketpair each.
+
+    The listener's abstract name is numbered, not derived from id(self): the loop's
+    thread outlives this object and keeps the name bound, and CPython reuses ids.
+    """
 
     def __init__(self, pipeline: Pipeline, timeout: float = 5.0) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(f"\0mailward-test-loop-{id(self)}")
+        self.listener.bind(
+            f"\0mailward-test-loop-{os.getpid()}-{next(_LISTENER_NUMBERS)}")
         self.listener.listen(1)
         self.sessions = SessionCounter()
         self.loop = ConnectionLoop(self.listener, lambda: MilterSession(FixedSource(pipeline)),
