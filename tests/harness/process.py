@@ -90,9 +90,18 @@ _port_lock = threading.Lock()
 
 
 def child_pids(parent: int) -> set[int]:
-    """The direct children of `parent` (a supervisor's workers), from the kernel."""
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text()
-    return {int(pid) for pid in children.split()}
+    """The direct children of `parent` (a supervisor's workers), from the kernel.
+
+    Each thread has its own list (/proc/PID/task/TID/children): a child forked from a
+    thread other than the main one is only in that thread's.
+    """
+    found: set[int] = set()
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        try:
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue  # the thread ended between listing and reading
+    return found
 
 
 def _port_is_free(port: int, host: str) -> bool:

@@ -20,12 +20,11 @@ import signal
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from tests.harness import MailStack, build_message
-from tests.harness.process import wait_until
+from tests.harness.process import child_pids, wait_until
 from tests.harness.redis import RedisInstance
 from tests.harness.relay import sending_postfix
 
@@ -45,20 +44,6 @@ def zones(stack: MailStack) -> None:
     })
 
 
-def children(pid: int) -> set[int]:
-    """Pids whose parent is `pid` (from /proc)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
 def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailward_factory):
     services = mailward_factory(
         # The sending Postfix connects from 127.0.0.1: it must be inbound, checked mail.
@@ -66,7 +51,7 @@ def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailw
          "dns": {"timeout": 0.5, "message_budget": 1.5}},
         services=["milter"])
     supervisor = services.pids()["milter"]
-    wait_until(lambda: len(children(supervisor)) == 2, 15, "two milter workers")
+    wait_until(lambda: len(child_pids(supervisor)) == 2, 15, "two milter workers")
     sender = sending_postfix(stack.base_dir / "faults-sender", stack.postfix.smtp_port,
                              hostname=f"relay.{SENDER_DOMAIN}")
     sender.start()
@@ -77,7 +62,7 @@ def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailw
     def faults() -> None:
         for _ in range(KILLS):
             time.sleep(0.7)
-            workers = children(supervisor)
+            workers = child_pids(supervisor)
             if workers:
                 victim = min(workers)
                 os.kill(victim, signal.SIGKILL)
@@ -146,7 +131,7 @@ def test_policyd_kills_and_redis_outage_lose_and_bounce_nothing(
                                    "windows": [{"seconds": 3600, "limit": 10000}]}}},
         services=["milter", "policyd"])
     supervisor = services.pids()["policyd"]
-    wait_until(lambda: len(children(supervisor)) == 2, 15, "two policyd workers")
+    wait_until(lambda: len(child_pids(supervisor)) == 2, 15, "two policyd workers")
     sender = sending_postfix(stack.base_dir / "policyd-faults-sender", stack.postfix.smtp_port,
                              hostname=f"relay.{SENDER_DOMAIN}")
     sender.start()
@@ -157,7 +142,7 @@ def test_policyd_kills_and_redis_outage_lose_and_bounce_nothing(
     def faults() -> None:
         for _ in range(2):
             time.sleep(0.7)
-            workers = children(supervisor)
+            workers = child_pids(supervisor)
             if workers:
                 victim = min(workers)
                 os.kill(victim, signal.SIGKILL)

@@ -28,7 +28,7 @@ import pytest
 import redis as redis_py
 
 from tests.harness import MailStack, MailwardServices, RedisInstance, build_message
-from tests.harness.process import free_port, wait_until
+from tests.harness.process import child_pids, free_port, wait_until
 from tests.harness.relay import sending_postfix
 
 SENDER_DOMAIN = "policy-test.example"
@@ -300,21 +300,6 @@ def test_unreachable_redis_is_answered_as_on_state_error_says(
 # --------------------------------------------------------------------------- workers
 
 
-def _children(pid: int) -> set[int]:
-    """Pids whose parent is `pid` (from /proc)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
-            found.add(int(entry.name))
-    return found
-
-
 def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
     stack, mailward_factory
 ):
@@ -328,7 +313,7 @@ def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
         services=["policyd"], attach=False,
     )
     supervisor = services.pids()["policyd"]
-    workers = wait_until(lambda: len(_children(supervisor)) == 2 and _children(supervisor),
+    workers = wait_until(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor),
                          10, "two policy workers")
     services.wait_for_log(r"mailward policyd listening on .* with 2 workers", service="policyd")
     # Many connections, spread by the kernel over both workers; one answer each.
@@ -358,7 +343,7 @@ def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
     os.kill(victim, signal.SIGKILL)
     services.wait_for_log(rf"policy worker {victim} exited unexpectedly", service="policyd")
     replaced = wait_until(
-        lambda: (children := _children(supervisor)) and len(children) == 2
+        lambda: (children := child_pids(supervisor)) and len(children) == 2
         and victim not in children and children, 10, "a replacement worker")
     assert len(replaced) == 2
     assert policy_query(services, request(client_address="198.51.100.200")) == "DUNNO"
