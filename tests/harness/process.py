@@ -26,7 +26,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -102,6 +102,16 @@ def child_pids(parent: int) -> set[int]:
         except FileNotFoundError:
             continue  # the thread ended between listing and reading
     return found
+
+
+def wait_for_children(parent: int, count: int, timeout: float = 15,
+                      without: Collection[int] = ()) -> set[int]:
+    """`parent`'s children once there are `count` and none of them is in `without`
+    (after a kill: the victim is gone and its replacement has come)."""
+    def ready() -> set[int] | None:
+        pids = child_pids(parent)
+        return pids if len(pids) == count and pids.isdisjoint(without) else None
+    return wait_until(ready, timeout, f"{count} children of {parent}")
 
 
 def _port_is_free(port: int, host: str) -> bool:

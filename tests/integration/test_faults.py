@@ -24,7 +24,7 @@ import uuid
 import pytest
 
 from tests.harness import MailStack, build_message
-from tests.harness.process import child_pids, wait_until
+from tests.harness.process import child_pids, wait_for_children, wait_until
 from tests.harness.redis import RedisInstance
 from tests.harness.relay import sending_postfix
 
@@ -55,7 +55,7 @@ def test_milter_kills_and_dns_outage_lose_and_bounce_nothing(stack, zones, mailw
          "dns": {"timeout": 0.5, "message_budget": 1.5}},
         services=["milter"])
     supervisor = services.pids()["milter"]
-    wait_until(lambda: len(child_pids(supervisor)) == 2, 15, "two milter workers")
+    wait_for_children(supervisor, 2)
     sender = sending_postfix(stack.base_dir / "faults-sender", stack.postfix.smtp_port,
                              hostname=f"relay.{SENDER_DOMAIN}")
     sender.start()
@@ -135,7 +135,7 @@ def test_policyd_kills_and_redis_outage_lose_and_bounce_nothing(
                                    "windows": [{"seconds": 3600, "limit": 10000}]}}},
         services=["milter", "policyd"])
     supervisor = services.pids()["policyd"]
-    wait_until(lambda: len(child_pids(supervisor)) == 2, 15, "two policyd workers")
+    wait_for_children(supervisor, 2)
     sender = sending_postfix(stack.base_dir / "policyd-faults-sender", stack.postfix.smtp_port,
                              hostname=f"relay.{SENDER_DOMAIN}")
     sender.start()

@@ -16,7 +16,7 @@ import uuid
 
 from bench import milter_client as mta
 from tests.harness import CHECKS_OFF, send_with_swaks, toml
-from tests.harness.process import child_pids, wait_until
+from tests.harness.process import child_pids, wait_for_children
 
 AUTHSERV_ID = "mx.example.net"
 
@@ -81,7 +81,7 @@ def test_hostile_packets_end_only_their_own_session(stack, mailward_factory):
     services = mailward_factory(CHECKS_OFF, services=["milter"], attach=False)
     supervisor = services.pids()["milter"]
     # The supervisor forks its worker after it starts listening: wait for it.
-    workers = wait_until(lambda: child_pids(supervisor), 15, "the milter's worker")
+    workers = wait_for_children(supervisor, 1)
     assert len(workers) == 1
 
     # A well-behaved session, half-way through its message, on the same (only) worker.

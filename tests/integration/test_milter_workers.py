@@ -13,15 +13,7 @@ import signal
 from pathlib import Path
 
 from tests.harness import CHECKS_OFF, toml
-from tests.harness.process import child_pids, wait_until
-
-
-def two_workers(supervisor: int, other_than: set[int] | None = None) -> set[int]:
-    """The two workers, once there are two (and, with `other_than`, a new one)."""
-    def ready() -> set[int] | None:
-        pids = child_pids(supervisor)
-        return pids if len(pids) == 2 and pids != other_than else None
-    return wait_until(ready, 15, "two workers")
+from tests.harness.process import wait_for_children, wait_until
 
 
 def allowed_cpus(pid: int) -> set[int]:
@@ -45,7 +37,6 @@ def pinned_placement(workers: set[int]) -> dict[int, set[int]]:
     last: dict[int, set[int]] = {}
 
     def pinned() -> dict[int, set[int]] | None:
-        last.clear()
         last.update({pid: allowed_cpus(pid) for pid in workers})
         return dict(last) if all(len(cpus) == 1 for cpus in last.values()) else None
     return wait_until(pinned, 15, "every worker pinned to one CPU",
@@ -63,7 +54,7 @@ def test_each_worker_stays_on_its_own_cpu_and_a_respawn_takes_the_free_one(
     ours = sorted(os.sched_getaffinity(0))  # the service inherits the test's CPUs
     expected = sorted(ours[:2]) if len(ours) >= 2 else [ours[0], ours[0]]
 
-    workers = two_workers(supervisor)
+    workers = wait_for_children(supervisor, 2)
     placed = pinned_placement(workers)
     assert sorted(next(iter(cpus)) for cpus in placed.values()) == expected
     assert allowed_cpus(supervisor) == set(ours)  # the supervisor itself is not pinned
@@ -71,7 +62,7 @@ def test_each_worker_stays_on_its_own_cpu_and_a_respawn_takes_the_free_one(
     victim = min(workers)
     freed = placed[victim]
     os.kill(victim, signal.SIGKILL)
-    (pid,) = two_workers(supervisor, other_than=workers) - workers
+    (pid,) = wait_for_children(supervisor, 2, without={victim}) - workers
     assert pinned_placement({pid})[pid] == freed
 
 
@@ -79,6 +70,6 @@ def test_pin_cpus_false_leaves_the_workers_unpinned(stack, mailward_factory):
     services = mailward_factory(workers_config(pin_cpus=False), services=["milter"],
                                 attach=False)
     supervisor = services.pids()["milter"]
-    workers = two_workers(supervisor)
+    workers = wait_for_children(supervisor, 2)
     ours = set(os.sched_getaffinity(0))
     assert all(allowed_cpus(pid) == ours for pid in workers)

@@ -28,7 +28,7 @@ import pytest
 import redis as redis_py
 
 from tests.harness import MailStack, MailwardServices, RedisInstance, build_message
-from tests.harness.process import child_pids, free_port, wait_until
+from tests.harness.process import free_port, wait_for_children, wait_until
 from tests.harness.relay import sending_postfix
 
 SENDER_DOMAIN = "policy-test.example"
@@ -313,8 +313,7 @@ def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
         services=["policyd"], attach=False,
     )
     supervisor = services.pids()["policyd"]
-    workers = wait_until(lambda: len(child_pids(supervisor)) == 2 and child_pids(supervisor),
-                         10, "two policy workers")
+    workers = wait_for_children(supervisor, 2, timeout=10)
     services.wait_for_log(r"mailward policyd listening on .* with 2 workers", service="policyd")
     # Many connections, spread by the kernel over both workers; one answer each.
     for number in range(40):
@@ -342,9 +341,7 @@ def test_workers_share_the_socket_sum_their_metrics_reload_and_are_replaced(
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
     services.wait_for_log(rf"policy worker {victim} exited unexpectedly", service="policyd")
-    replaced = wait_until(
-        lambda: (children := child_pids(supervisor)) and len(children) == 2
-        and victim not in children and children, 10, "a replacement worker")
+    replaced = wait_for_children(supervisor, 2, timeout=10, without={victim})
     assert len(replaced) == 2
     assert policy_query(services, request(client_address="198.51.100.200")) == "DUNNO"
     # SIGTERM stops all of them and removes the socket.
