@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from mailward.checks import mime as mime_check
@@ -33,6 +33,23 @@ from mailward.orgdomain import PublicSuffixes
 MAX_URLS_EXAMINED = 5000
 
 _URL = re.compile(r"(?i)(?:\bhttps?://|\bwww\.)([^\s/?#<>\"'\\()\[\]]+|\[[0-9a-f:.]+\])")
+#: `_URL` for lower-cased ASCII text: the same matches, about three times faster.  Case
+#: folding (re.I) keeps the engine from skipping ahead to the next "h" or "w"; a leading
+#: class without it lets it, and the look-behind puts `_URL`'s word boundary back.
+_URL_IN_LOWER_ASCII = re.compile(
+    r"[hw](?<=\b[hw])(?:ttps?://|ww\.)([^\s/?#<>\"'\\()\[\]]+|\[[0-9a-f:.]+\])")
+
+
+def _url_matches(text: str) -> Iterator[re.Match[str]]:
+    """`_URL`'s matches in `text`; on ASCII text, found in its lower-cased copy.
+
+    Only ASCII: lower() keeps its length and every character's class there, and re.I
+    matches an ASCII pattern on ASCII text as the lower-case pattern matches the lower-
+    cased text.  Elsewhere re.I lets "s" match the long s, which lower() keeps.
+    """
+    if text.isascii():
+        return _URL_IN_LOWER_ASCII.finditer(text.lower())
+    return _URL.finditer(text)
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,7 @@ def _url_hosts(texts: Iterable[str]) -> Iterable[str]:
     """Host parts of URLs, in order of appearance, at most MAX_URLS_EXAMINED."""
     examined = 0
     for text in texts:
-        for match in _URL.finditer(text):
+        for match in _url_matches(text):
             examined += 1
             if examined > MAX_URLS_EXAMINED:
                 return

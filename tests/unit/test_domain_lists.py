@@ -8,6 +8,7 @@ import pytest
 
 from mailward.checks import dkim as dkim_check
 from mailward.checks import mime as mime_check
+from mailward.checks import urilist
 from mailward.checks.base import CheckInput, Results
 from mailward.checks.dkim import DkimOutcome, DkimResult
 from mailward.checks.dnsbl import DnsList, ListLookups
@@ -85,6 +86,19 @@ def test_uri_hosts_are_reduced_to_registrable_domains_and_ip_literals_kept():
         "other.example": "other.example",
         "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2": "2001:db8::1",
     }
+
+
+@pytest.mark.parametrize("text", [
+    "HTTP://Shop.Example/x WWW.Other.Example hTtPs://[2001:DB8::A]/ x.www.sub.test",
+    "ahttp://glued.test _www.under.test 9www.digit.test (www.paren.test) http://a.www.b.test",
+    "<a href=\"HTTPS://user@Host.Test:8080/\">www.shown.test</a>http://x.test.",
+    "http:/one-slash.test www. https:// http://[::1 www.\u00e9t\u00e9.test",
+])
+def test_uri_hosts_on_ascii_text_as_the_case_folding_expression_finds_them(text):
+    """The lower-cased ASCII fast path finds exactly what `_URL` with re.I finds."""
+    expected = [match.group(0).lower() for match in urilist._URL.finditer(text)]
+    assert [match.group(0) for match in urilist._url_matches(text)] == expected
+    assert expected  # every sample holds at least one URL
 
 
 def test_uri_list_scores_listed_link_domains_in_html():
