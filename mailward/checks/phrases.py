@@ -138,6 +138,13 @@ class _Phrase:
     literals: tuple[str, ...]
     words: frozenset[str] = frozenset()
     required: str = ""
+    #: What `_found` is asked: `pattern`, or for a pattern led by a group of plain
+    #: branches ("(?:thousands|millions) of dollars") one pattern per branch.  The
+    #: group hides the literal start from the engine, which then tries the pattern at
+    #: every position; a branch's own pattern starts with plain text, found at C speed.
+    #: A match of the group is a match of one branch at the same place, so the phrase
+    #: is found where one of them is.
+    searches: tuple[re.Pattern[str], ...] = ()
 
 
 def _literal_prefix(fragment: str) -> str:
@@ -254,9 +261,12 @@ def _compile(category: str, fragment: str) -> _Phrase:
     literals = _literals(fragment)
     # No leading (?<!\w): the engine then scans for the literal start at C speed; the
     # word boundary before the match is checked by `_found`.
-    return _Phrase(category, re.compile(rf"{fragment}{tail}"), literals,
+    pattern = re.compile(rf"{fragment}{tail}")
+    branches = _leading_alternatives(fragment) if literals else None
+    searches = tuple(re.compile(rf"{branch}{tail}") for branch in branches or ()) or (pattern,)
+    return _Phrase(category, pattern, literals,
                    _first_words(fragment, whole_word_tail=bool(tail)),
-                   "" if literals else _required_text(fragment))
+                   "" if literals else _required_text(fragment), searches)
 
 
 def _found(pattern: re.Pattern[str], text: str) -> bool:
@@ -272,6 +282,25 @@ def _found(pattern: re.Pattern[str], text: str) -> bool:
 
 _PHRASES = tuple(_compile(category, fragment)
                  for category, fragments in PHRASES.items() for fragment in fragments)
+
+
+def _phrases_by_word(phrases: tuple[_Phrase, ...]) -> dict[str, tuple[int, ...]]:
+    """First word -> the phrases (their indexes) a match of which starts with it (see
+    `_Phrase.words`)."""
+    by_word: dict[str, list[int]] = {}
+    for index, phrase in enumerate(phrases):
+        for word in phrase.words:
+            by_word.setdefault(word, []).append(index)
+    return {word: tuple(found) for word, found in by_word.items()}
+
+
+#: The phrases with first words, looked up from the text's words: one set intersection
+#: instead of a test per phrase (most texts hold the first words of a few phrases).
+_PHRASES_BY_WORD = _phrases_by_word(_PHRASES)
+_FIRST_WORDS = frozenset(_PHRASES_BY_WORD)
+#: The others, tested one by one (`literals`, then `required`).
+_PHRASES_WITHOUT_WORDS = tuple((index, phrase) for index, phrase in enumerate(_PHRASES)
+                               if not phrase.words)
 _DOLLAR_AMOUNT = re.compile(r"\$\s?\d")
 _TOLL_FREE = re.compile(r"(?<!\d)(?:1[-. ]?)?\(?8(?:00|88|77|66)\)?[-. ]?\d{3}[-. ]?\d{4}(?!\d)")
 _SPACES = re.compile(r"\s+")
@@ -301,17 +330,17 @@ def phrase_counts(text: str) -> dict[str, int]:
     """Category -> number of distinct phrases of it found in `text` (lower case, white
     space runs as one space: see `normalise`)."""
     counts: dict[str, int] = {}
-    words = text_words(text)
-    for phrase in _PHRASES:
-        if phrase.words:  # most phrases: set lookups instead of scans of the text
-            if phrase.words.isdisjoint(words):
-                continue
-        elif (literals := phrase.literals):
-            if not any(literal in text for literal in literals):
-                continue
-        elif phrase.required and phrase.required not in text:
-            continue
-        if _found(phrase.pattern, text):
+    candidates = {index for word in text_words(text) & _FIRST_WORDS
+                  for index in _PHRASES_BY_WORD[word]}
+    for index, phrase in _PHRASES_WITHOUT_WORDS:
+        if (literals := phrase.literals):
+            if any(literal in text for literal in literals):
+                candidates.add(index)
+        elif not phrase.required or phrase.required in text:
+            candidates.add(index)
+    for index in candidates:
+        phrase = _PHRASES[index]
+        if any(_found(pattern, text) for pattern in phrase.searches):
             counts[phrase.category] = counts.get(phrase.category, 0) + 1
     return counts
 

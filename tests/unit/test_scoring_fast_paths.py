@@ -55,7 +55,9 @@ _PHRASE_PIECES = ["make money", "order now", "risk-free", "risk free", "congratu
                   "refinancing", "50% off", "5 million dollars", "you've been selected",
                   "expires today", "dear friend", "click here to unsubscribe", "usd5",
                   "pre-approved", "e-mail marketing", "us$ 9", "no fees", "prize", "dont wait",
-                  "optin list", "email marketing", "antiaging", " ", " ",
+                  "optin list", "email marketing", "antiaging", "millions of dollars",
+                  "reply to be removed", "reduce your payment", "late husband", "thousands of",
+                  " ", " ",
                   ".", "_", "\u2019", "\u2014", "\xe9", "re", "x", "0", "'", "-", "$"]
 
 
@@ -91,6 +93,18 @@ def test_phrase_words_are_the_words_a_match_must_start_with() -> None:
     for unsure in (r"refinanc\w*", "expires? soon", "don'?t wait", "opt[- ]?in list",
                    "you(?:'ve| have) been", r"\$\d+ per week", "prescriptions?"):
         assert words(unsure) == frozenset(), unsure
+
+
+def test_a_phrase_led_by_plain_branches_is_searched_branch_by_branch() -> None:
+    def searches(fragment: str) -> list[str]:
+        return [pattern.pattern for pattern in phrases._compile("X", fragment).searches]
+
+    assert searches("(?:thousands|millions) of dollars") == [
+        r"thousands of dollars(?!\w)", r"millions of dollars(?!\w)"]
+    assert searches(r"(?:usd|us\$) ?\d") == [r"usd ?\d", r"us\$ ?\d"]
+    # An optional group or a group without a plain start: the pattern as it is.
+    assert searches(r"(?:\d+ )?million dollars") == [r"(?:\d+ )?million dollars(?!\w)"]
+    assert searches("make money") == [r"make money(?!\w)"]
 
 
 def test_text_words_agree_on_ascii_and_other_text() -> None:
