@@ -1,6 +1,6 @@
 """The scoring checks' shortcuts give what the long way gives (issue 10's speed work):
 white space normalising, letter counting, the toll-free and phrase pre-tests, base64
-cleaning."""
+cleaning, the HTML tag-in-word and comment-in-word searches, URL scanning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import re
 
 from mailward import mime
-from mailward.checks import phrases
+from mailward.checks import htmlstyle, phrases
 
 _WHITE = [chr(code) for code in range(0x3001) if chr(code).isspace()]
 _PIECES = [*_WHITE, "a", "B", "\u0130", "\xdf", "x y", "\r\n", "800", "1-888-555-1212",
@@ -111,3 +111,22 @@ def test_text_words_agree_on_ascii_and_other_text() -> None:
     ascii_text = "Order now: 50% off_today, it's re-mailed!"
     assert phrases.text_words(ascii_text) == frozenset(phrases._WORD.findall(ascii_text))
     assert phrases.text_words("caf\xe9\u2019s order\u2014now") == {"caf\xe9", "s", "order", "now"}
+
+
+_MARKUP_PIECES = ["v", "Q", "ia", "x", "gr", "<b>", "</b>", "<i class=x>", "</font>", "<!-- x -->",
+                  "<!--", "-->", "<", ">", "</", " ", "9", "<br/>", "</toolongtag>", "\xe9"]
+
+
+def test_tag_and_comment_in_word_searches_find_what_the_letter_led_expressions_find() -> None:
+    rng = random.Random(5)
+    counted = commented = 0
+    for _ in range(20000):
+        html = "".join(rng.choice(_MARKUP_PIECES) for _ in range(rng.randint(0, 40)))
+        expected = len(htmlstyle._TAG_IN_WORD.findall(html))
+        assert htmlstyle._tags_in_words(html, enough=99) == expected, repr(html)
+        assert htmlstyle._tags_in_words(html, enough=3) == min(expected, 3), repr(html)
+        counted += expected >= 3
+        found = htmlstyle._COMMENT_IN_WORD.search(html) is not None
+        assert (htmlstyle._COMMENT_IN_WORD_SEARCH.search(html) is not None) == found, repr(html)
+        commented += found
+    assert counted > 30 and commented > 1000  # the pieces do make both
