@@ -128,9 +128,10 @@ class _Phrase:
     `words`: when every literal starts with a whole word ("make" in "make money"), those
     words; a phrase matches at the start of a word, so one of them must then be a word
     of the text, and a set lookup in the text's words (`text_words`) replaces the
-    substring scans.  Empty: use `literals`, then `required`.
-    `required`: for a phrase without a literal start, a plain text every match holds
-    ("million " in "(?:\\d+ )?million dollars"), tested as a substring.
+    substring scans.  Empty: use `required`, else `literals`.
+    `required`: the longest plain text every match holds ("million " in
+    "(?:\\d+ )?million dollars", "1618" in "s\\.? ?1618"), tested as a substring: longer
+    and rarer than most literal starts, so it rules out more.
     """
 
     category: str
@@ -236,23 +237,72 @@ def _first_words(fragment: str, whole_word_tail: bool) -> frozenset[str]:
     return frozenset() if "" in words else frozenset(words)
 
 
+def _plain_characters(fragment: str) -> list[str | None]:
+    """The fragment's top-level items in order: a plain character, or None for anything
+    that is not exactly one plain character in every match (a class, a group, an escape
+    such as \\d, an anchor, an item made optional or repeated by ?, *, + or {m,n})."""
+    items: list[str | None] = []
+    index = 0
+    while index < len(fragment):
+        char = fragment[index]
+        if char == "\\":
+            escaped = fragment[index + 1:index + 2]
+            items.append(None if escaped.isalnum() else escaped)
+            index += 2
+        elif char == "[":
+            index = fragment.index("]", index + 2) + 1
+            items.append(None)
+        elif char == "(":
+            depth = 0
+            for end in range(index, len(fragment)):
+                depth += {"(": 1, ")": -1}.get(fragment[end], 0)
+                if depth == 0:
+                    break
+            index = end + 1
+            items.append(None)
+        elif char in "?*+{":
+            if char == "{":
+                index = fragment.index("}", index)
+            if items:
+                items[-1] = None
+            index += 1
+        elif char in ".^$":
+            items.append(None)
+            index += 1
+        else:
+            items.append(char)
+            index += 1
+    return items
+
+
 def _required_text(fragment: str) -> str:
-    """The plain text after a fragment's optional or class-led start that every match
-    holds ("% off" of "\\d{2,3} ?% off", "million " of "(?:...)?million ...")."""
-    rest = fragment
-    if rest.startswith("(?:"):
-        depth = 0
-        for index, char in enumerate(rest):
-            depth += {"(": 1, ")": -1}.get(char, 0)
-            if depth == 0:
-                rest = rest[index + 1:]
-                break
-        if not rest.startswith("?"):
-            return ""
-        rest = rest[1:]
-    else:
-        rest = re.sub(r"^(?:\\d(?:\{\d+(?:,\d+)?\}|[+*])?)+(?: \?)?", "", rest)
-    return _literal_prefix(rest)
+    """The longest plain text every match holds: the longest run of plain characters
+    among the fragment's top-level items ("% off" of "\\d{2,3} ?% off", "million " of
+    "(?:...)?million (?:...)?dollars", "1618" of "s\\.? ?1618"); "" when the fragment
+    has a top-level "|" (no one text is in every match)."""
+    if _top_level_bar(fragment):
+        return ""
+    runs = "".join(item or "\0" for item in _plain_characters(fragment)).split("\0")
+    return max(runs, key=len)
+
+
+def _top_level_bar(fragment: str) -> bool:
+    """Whether the fragment is an alternation itself ("a|b"; none of PHRASES is, today)."""
+    depth = 0
+    index = 0
+    while index < len(fragment):
+        char = fragment[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == "[":
+            index = fragment.index("]", index + 2) + 1
+            continue
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "|" and depth == 0:
+            return True
+        index += 1
+    return False
 
 
 def _compile(category: str, fragment: str) -> _Phrase:
@@ -266,7 +316,7 @@ def _compile(category: str, fragment: str) -> _Phrase:
     searches = tuple(re.compile(rf"{branch}{tail}") for branch in branches or ()) or (pattern,)
     return _Phrase(category, pattern, literals,
                    _first_words(fragment, whole_word_tail=bool(tail)),
-                   "" if literals else _required_text(fragment), searches)
+                   _required_text(fragment), searches)
 
 
 def _found(pattern: re.Pattern[str], text: str) -> bool:
@@ -333,10 +383,10 @@ def phrase_counts(text: str) -> dict[str, int]:
     candidates = {index for word in text_words(text) & _FIRST_WORDS
                   for index in _PHRASES_BY_WORD[word]}
     for index, phrase in _PHRASES_WITHOUT_WORDS:
-        if (literals := phrase.literals):
-            if any(literal in text for literal in literals):
+        if phrase.required:  # "1618" rules out more than the "s" it starts with
+            if phrase.required in text:
                 candidates.add(index)
-        elif not phrase.required or phrase.required in text:
+        elif not phrase.literals or any(literal in text for literal in phrase.literals):
             candidates.add(index)
     for index in candidates:
         phrase = _PHRASES[index]

@@ -107,6 +107,30 @@ def test_a_phrase_led_by_plain_branches_is_searched_branch_by_branch() -> None:
     assert searches("make money") == [r"make money(?!\w)"]
 
 
+def test_required_text_is_the_longest_plain_run_every_match_holds() -> None:
+    required = phrases._required_text
+    assert required(r"s\.? ?1618") == "1618"
+    assert required(r"\d{2,3} ?% off") == "% off"
+    assert required(r"(?:\d+(?:\.\d+)? )?million (?:us )?dollars") == "million "
+    assert required("e-?mail marketing") == "mail marketing"
+    assert required(r"earn (?:up to )?\$") == "earn "
+    assert required("risk[- ]free") == "risk"
+    assert required("a|b") == ""  # an alternation: no text is in every match
+    for phrase in phrases._PHRASES:  # what every match holds, on a sample of each
+        sample = phrase.pattern.search(_SAMPLES.get(phrase.pattern.pattern, ""))
+        if sample is not None:
+            assert phrase.required in sample.group(), phrase.pattern.pattern
+
+
+_SAMPLES = {pattern.pattern: text for pattern, text in (
+    (phrases._compile("X", r"s\.? ?1618").pattern, "bill s. 1618 says"),
+    (phrases._compile("X", "pre-?approved").pattern, "you are preapproved"),
+    (phrases._compile("X", "opt[- ]?in list").pattern, "our opt-in list"),
+    (phrases._compile("X", r"\d\d ?% (?:of the (?:total )?(?:sum|fund)|for you)").pattern,
+     "30% for you"),
+)}
+
+
 def test_text_words_agree_on_ascii_and_other_text() -> None:
     ascii_text = "Order now: 50% off_today, it's re-mailed!"
     assert phrases.text_words(ascii_text) == frozenset(phrases._WORD.findall(ascii_text))
