@@ -30,28 +30,52 @@ MAX_URLS = 500
 MAX_URL_CHARS = 2048
 LONG_QUERY = 60
 
-_HREF = re.compile(r"""href\s*=\s*(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'>]{1,2048}))""",
-                   re.I)
-_TEXT_URL = re.compile(r"https?://[^\s<>\"'()]{1,2048}", re.I)
+_HREF_SOURCE = r"""href\s*=\s*(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'>]{1,2048}))"""
+_TEXT_URL_SOURCE = r"https?://[^\s<>\"'()]{1,2048}"
+_HREF = re.compile(_HREF_SOURCE, re.I)
+_TEXT_URL = re.compile(_TEXT_URL_SOURCE, re.I)
+# The same without re.I, for lower-cased ASCII text: case folding keeps the engine from
+# skipping ahead to the next "h" (18 us per message on the bench's two parts, now 5).
+_HREF_IN_LOWER_ASCII = re.compile(_HREF_SOURCE)
+_TEXT_URL_IN_LOWER_ASCII = re.compile(_TEXT_URL_SOURCE)
 _REMOVE_WORD = re.compile(r"remove|unsub|opt-?out|opt_out", re.I)
 _EMBEDDED_URL = re.compile(r"(?:https?:|https?%3a|www\.|%2f%2f)", re.I)
+
+
+def _matches(folding: re.Pattern[str], in_lower_ascii: re.Pattern[str],
+             text: str) -> Iterator[re.Match[str]]:
+    """The matches of `folding` (re.I) in `text`.  On ASCII text they are found in its
+    lower-cased copy by `in_lower_ascii`: lower() keeps the length there, so the spans
+    are the same; read what they cover from `text` (`_written`)."""
+    if text.isascii():
+        return in_lower_ascii.finditer(text.lower())
+    return folding.finditer(text)
+
+
+def _written(text: str, match: re.Match[str], group: int) -> str:
+    """What `group` of `match` covers in `text`, as written; "" if it took no part."""
+    start, end = match.span(group)
+    return text[start:end] if start >= 0 else ""
 
 
 def message_urls(parsed: ParsedMessage) -> Iterator[str]:
     """Hrefs of the HTML parts, then URLs in the text parts, at most MAX_URLS."""
     count = 0
     for part in parsed.html_parts:
-        for match in _HREF.finditer(part.text):
+        text = part.text
+        for match in _matches(_HREF, _HREF_IN_LOWER_ASCII, text):
             if count >= MAX_URLS:
                 return
             count += 1
-            yield (match.group(1) or match.group(2) or match.group(3) or "").strip()
+            yield (_written(text, match, 1) or _written(text, match, 2)
+                   or _written(text, match, 3)).strip()
     for part in parsed.plain_parts:
-        for match in _TEXT_URL.finditer(part.text):
+        text = part.text
+        for match in _matches(_TEXT_URL, _TEXT_URL_IN_LOWER_ASCII, text):
             if count >= MAX_URLS:
                 return
             count += 1
-            yield match.group(0)
+            yield _written(text, match, 0)
 
 
 def url_names(url: str) -> set[str]:

@@ -8,7 +8,7 @@ import random
 import re
 
 from mailward import mime
-from mailward.checks import htmlstyle, phrases
+from mailward.checks import htmlstyle, phrases, urilist, urlforms
 
 _WHITE = [chr(code) for code in range(0x3001) if chr(code).isspace()]
 _PIECES = [*_WHITE, "a", "B", "\u0130", "\xdf", "x y", "\r\n", "800", "1-888-555-1212",
@@ -154,3 +154,21 @@ def test_tag_and_comment_in_word_searches_find_what_the_letter_led_expressions_f
         assert (htmlstyle._COMMENT_IN_WORD_SEARCH.search(html) is not None) == found, repr(html)
         commented += found
     assert counted > 30 and commented > 1000  # the pieces do make both
+
+
+def test_url_scans_on_lower_cased_ascii_find_what_case_folding_finds() -> None:
+    rng = random.Random(7)
+    pieces = ["HREF", "href", "HrEf", "=", " = ", '"', "'", "HTTP://", "https://", "www.",
+              "Www.", "X.Example", "/Path?Q=1", " ", ">", "<a ", "[", "]", "(", "_", "9"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        for folding, lower in ((urlforms._HREF, urlforms._HREF_IN_LOWER_ASCII),
+                               (urlforms._TEXT_URL, urlforms._TEXT_URL_IN_LOWER_ASCII)):
+            expected = [[match.group(group) or "" for group in range(folding.groups + 1)]
+                        for match in folding.finditer(text)]
+            found = [[urlforms._written(text, match, group)
+                      for group in range(folding.groups + 1)]
+                     for match in urlforms._matches(folding, lower, text)]
+            assert found == expected, repr(text)
+        assert [match.group(0) for match in urilist._url_matches(text)] == \
+            [match.group(0).lower() for match in urilist._URL.finditer(text)], repr(text)
