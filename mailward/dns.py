@@ -91,9 +91,10 @@ def cached_answer(resolver: Resolver, name: str, rdtype: str) -> DnsAnswer | Non
     """The answer `resolver` has cached for (name, type), or None (also when it keeps no
     cache).  For callers that would otherwise hand a lookup to another thread: a cached
     answer is cheaper to take here than the hand-over."""
-    if isinstance(resolver, CachingResolver):
-        return resolver.cached(name, rdtype)
-    return None
+    # What isinstance(resolver, CachingResolver) tells, without its cost: a runtime
+    # Protocol check walks the protocol's members on every call (1% of a scored message).
+    cached = getattr(resolver, "cached", None)
+    return cached(name, rdtype) if callable(cached) else None
 
 
 def _record_text(rdata: Rdata) -> str:

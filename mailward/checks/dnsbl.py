@@ -10,6 +10,7 @@ quota / public resolver": counted and logged, never scored.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _SYMBOL = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _ERROR_NET = ipaddress.ip_network("127.255.255.0/24")
+_LISTING_NET = ipaddress.ip_network("127.0.0.0/8")
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,15 @@ def _list_answer(dns_list: DnsList, query: str, answer: DnsAnswer) -> ListAnswer
     return ListAnswer(dns_list, query, codes, "error_code")
 
 
+@functools.lru_cache(maxsize=256)
 def _is_listing(code: str) -> bool:
+    """A return code in 127/8 outside the lists' error range.  Cached: a list answers
+    with a handful of codes, and parsing one costs more than the rest of the answer."""
     try:
         address = ipaddress.IPv4Address(code)
     except ValueError:
         return False
-    return address in ipaddress.IPv4Network("127.0.0.0/8") and address not in _ERROR_NET
+    return address in _LISTING_NET and address not in _ERROR_NET
 
 
 class ListLookups:
