@@ -24,6 +24,7 @@ Rules, and why they are there:
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import re
 import time
@@ -69,10 +70,38 @@ def _first(transaction: Transaction, name: str) -> str | None:
     return None
 
 
+_MONTHS = {name: number for number, name in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+#: The form nearly every sender writes ("Tue, 03 Mar 2026 09:20:10 +0100"): parsed here,
+#: in a tenth of email.utils' time; anything else goes to email.utils.  A four-digit
+#: year from 1000 (email.utils moves years under 100), minutes of the zone under 60.
+_CANONICAL_DATE = re.compile(
+    r"(?:\S+, )?(\d{1,2}) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) ([1-9]\d{3}) "
+    r"(\d\d):(\d\d):(\d\d) ([+-])(\d\d)([0-5]\d)")
+
+
+def _canonical_timestamp(match: re.Match[str]) -> float | None:
+    """What email.utils.parsedate_to_datetime(...).timestamp() gives for a canonical date
+    (the same datetime, built from the same fields; None where it raises)."""
+    day, month, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
+    offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
+    try:
+        zone = datetime.timezone(datetime.timedelta(seconds=-offset if sign == "-" else offset))
+        return datetime.datetime(int(year), _MONTHS[month], int(day), int(hour), int(minute),
+                                 int(second), tzinfo=zone).timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def parse_timestamp(value: str) -> float | None:
     """An RFC 5322 date as a POSIX timestamp, or None when it is no date."""
+    text = " ".join(value.split())
+    canonical = _CANONICAL_DATE.fullmatch(text)
+    # "-0000" (zone unknown) is a local time to email.utils: left to it.
+    if canonical is not None and not text.endswith("-0000"):
+        return _canonical_timestamp(canonical)
     try:
-        parsed = email.utils.parsedate_to_datetime(" ".join(value.split()))
+        parsed = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed is None:

@@ -4,11 +4,12 @@ cleaning, the HTML tag-in-word and comment-in-word searches, URL scanning."""
 
 from __future__ import annotations
 
+import email.utils
 import random
 import re
 
 from mailward import mime
-from mailward.checks import htmlstyle, phrases, urilist, urlforms
+from mailward.checks import headers, htmlstyle, phrases, urilist, urlforms
 
 _WHITE = [chr(code) for code in range(0x3001) if chr(code).isspace()]
 _PIECES = [*_WHITE, "a", "B", "\u0130", "\xdf", "x y", "\r\n", "800", "1-888-555-1212",
@@ -172,3 +173,27 @@ def test_url_scans_on_lower_cased_ascii_find_what_case_folding_finds() -> None:
             assert found == expected, repr(text)
         assert [match.group(0) for match in urilist._url_matches(text)] == \
             [match.group(0).lower() for match in urilist._URL.finditer(text)], repr(text)
+
+
+def _email_utils_timestamp(text: str) -> float | None:
+    """The long way: email.utils for every date."""
+    try:
+        return email.utils.parsedate_to_datetime(" ".join(text.split())).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+
+
+def test_canonical_dates_parse_as_email_utils_parses_them() -> None:
+    rng = random.Random(11)
+    days = ["Tue, ", "", "Xyz, ", "Mon,", "a,b, "]
+    months = ["Jan", "Feb", "Mar", "Dec", "mar", "Foo"]
+    zones = ["+0100", "-0500", "+0000", "-0000", "+2359", "+2400", "-0130", "+0099", "GMT"]
+    canonical = 0
+    for _ in range(20000):
+        text = (f"{rng.choice(days)}{rng.randint(0, 32):0{rng.choice((1, 2))}d} "
+                f"{rng.choice(months)} {rng.choice(('2026', '1999', '0099', '9999', '1000'))} "
+                f"{rng.randint(0, 25):02d}:{rng.randint(0, 61):02d}:{rng.randint(0, 61):02d} "
+                f"{rng.choice(zones)}{rng.choice(('', ' ', '  (CET)'))}")
+        canonical += headers._CANONICAL_DATE.fullmatch(" ".join(text.split())) is not None
+        assert headers.parse_timestamp(text) == _email_utils_timestamp(text), repr(text)
+    assert canonical > 3000  # the fast path was taken often
