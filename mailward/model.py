@@ -245,6 +245,8 @@ class Verdict:
     direction: Direction = Direction.INBOUND
     reason: str = ""
     symbols: tuple[Symbol, ...] = ()
+    #: The spam score's summary for the log line (scoring.log_summary), when scored.
+    spam: str = ""
 
     def __post_init__(self) -> None:
         if self.action in (Action.REJECT, Action.TEMPFAIL) and self.reply is None:

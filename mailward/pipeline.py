@@ -152,6 +152,7 @@ class ScoredDecision:
     reply: SmtpReply | None
     header_edits: tuple[HeaderEdit, ...]
     reason: str
+    spam: str = ""  # scoring.log_summary, for the message's log line
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ class Pipeline:
             edits.extend(self.sealer.seal(transaction, auth_results, status))
         return Verdict(outcome.action, reply=outcome.reply, header_edits=tuple(edits),
                        results=auth_results, direction=Direction.INBOUND,
-                       reason=outcome.reason, symbols=report.symbols)
+                       reason=outcome.reason, symbols=report.symbols, spam=outcome.spam)
 
     def _forged_trace_headers(self, transaction: Transaction) -> tuple[HeaderEdit, ...]:
         """Sender-written Received-SPF / orphan AAR claiming our host go, counted like
@@ -308,12 +309,12 @@ class Pipeline:
         if not self.settings.scoring.enabled:
             return unscored
         score = scoring.score_symbols(symbols, self.settings.scoring)
+        summary = scoring.log_summary(score)
         metrics.SPAM_SCORE.observe(score.total)
         _SPAM_ACTIONS.child(score.action.value).inc()
         for hit in score.hits:
             if hit.weight:
                 _SPAM_SYMBOLS.child(hit.symbol.name).inc()
-        log.info("%s: spam %s", transaction.log_id, scoring.log_summary(score))
         spam_reason = f"spam score {score.total:.1f} ({score.action.value})"
         if score.forced_by:
             spam_reason += f" forced by {score.forced_by}"
@@ -325,27 +326,27 @@ class Pipeline:
                 log.info("%s: spam reject is stronger than DMARC's %s", transaction.log_id,
                          decision.action.value)
             reply = SmtpReply("550", "5.7.1", self.settings.scoring.reject_message)
-            return ScoredDecision(Action.REJECT, reply, headers, spam_reason)
+            return ScoredDecision(Action.REJECT, reply, headers, spam_reason, summary)
         if (score.action is scoring.ScoreAction.QUARANTINE
                 and decision.action is Action.ACCEPT
                 and not any(isinstance(edit, AppendHeader)
                             and edit.name == dmarc_enforcement.QUARANTINE_HEADER
                             for edit in decision.header_edits)):
             if self.settings.dmarc.quarantine.value == "hold":
-                return ScoredDecision(Action.QUARANTINE, None, headers, spam_reason)
+                return ScoredDecision(Action.QUARANTINE, None, headers, spam_reason, summary)
             marker = AppendHeader(dmarc_enforcement.QUARANTINE_HEADER,
                                   f"yes (spam score {score.total:.1f})")
-            return ScoredDecision(Action.ACCEPT, None, (*headers, marker), spam_reason)
+            return ScoredDecision(Action.ACCEPT, None, (*headers, marker), spam_reason, summary)
         if score.action is scoring.ScoreAction.GREYLIST and decision.action is Action.ACCEPT:
             deferred = self._greylisted(connection, transaction, score)
             if deferred is not None:
-                return ScoredDecision(Action.TEMPFAIL, deferred, headers, spam_reason)
+                return ScoredDecision(Action.TEMPFAIL, deferred, headers, spam_reason, summary)
         if decision.action is not Action.ACCEPT and score.is_spam:
             log.info("%s: DMARC's %s is stronger than spam %s", transaction.log_id,
                      decision.action.value, score.action.value)
         shown = (decision.reason, spam_reason if score.is_spam else "")
         reason = "; ".join(part for part in shown if part)
-        return ScoredDecision(decision.action, decision.reply, headers, reason)
+        return ScoredDecision(decision.action, decision.reply, headers, reason, summary)
 
     def _greylisted(self, connection: Connection, transaction: Transaction,
                     score: scoring.Score) -> SmtpReply | None:

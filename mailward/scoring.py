@@ -477,8 +477,10 @@ def _fold(value: str, width: int = 76) -> str:
 
 
 def log_summary(score: Score) -> str:
-    """`score=7.3/6.0 action=add_header symbols=A(1.0),B(2.0)` for the message's log line."""
+    """`spam_score=7.3/6.0 spam_action=add_header spam_symbols=A(1.0),B(2.0)`: the score's
+    part of the message's one log line (its keys apart from the line's own action= and
+    symbols=)."""
     parts = ",".join(f"{hit.symbol}({hit.weight:g})" for hit in score.hits if hit.weight)
-    forced = f" forced={score.forced_by}" if score.forced_by else ""
-    return (f"score={score.total:.1f}/{score.required:.1f} action={score.action.value}"
-            f"{forced} symbols={parts or '-'}")
+    forced = f" spam_forced_by={score.forced_by}" if score.forced_by else ""
+    return (f"spam_score={score.total:.1f}/{score.required:.1f}"
+            f" spam_action={score.action.value}{forced} spam_symbols={parts or '-'}")

@@ -382,11 +382,12 @@ class MilterSession(Milter.Base):  # type: ignore[misc]
         envelope = self._envelope
         log.info(
             "%s: client=%s from=<%s> rcpts=%d size=%d direction=%s action=%s results=%s "
-            "symbols=%s%s duration=%.1fms",
+            "symbols=%s%s%s duration=%.1fms",
             self.log_id, self._connection.client_label, envelope.mail_from,
             len(envelope.recipients), envelope.body_size, verdict.direction.value,
             verdict.action.value, results, symbols,
             f" reason={verdict.reason!r}" if verdict.reason else "",
+            f" {verdict.spam}" if verdict.spam else "",
             elapsed * 1000,
         )
 

@@ -122,7 +122,7 @@ def test_long_status_is_folded_under_78_characters() -> None:
 def test_log_summary_names_the_weighted_symbols() -> None:
     score = score_symbols([Symbol("GTUBE")], ScoringSettings())
     assert log_summary(score) == (
-        "score=1000.0/6.0 action=reject forced=GTUBE symbols=GTUBE(1000)")
+        "spam_score=1000.0/6.0 spam_action=reject spam_forced_by=GTUBE spam_symbols=GTUBE(1000)")
 
 
 def test_forged_headers_are_every_x_spam_and_x_mailward_header() -> None:
