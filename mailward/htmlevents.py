@@ -10,11 +10,19 @@ input, the same parser settings (`convert_charrefs=True`, no `close()`, parsing 
 the first AssertionError/ValueError), and readers only see the events, so its findings are
 the same.  Only parts up to `MAX_RECORDED_CHARS` are recorded (a bound on the record's
 memory); a reader parses a longer part itself, as before.
+
+The parse itself is html.parser's, with two short paths (`ReaderParser`): start tags
+whose attributes are all quoted and bare end tags, the bulk of real markup, are read by
+one strict expression each and reported exactly as html.parser reports them; all else
+goes through html.parser's own code.  On the bench's advertisement the record takes
+48 us instead of 84; over the corpus's 1,208 HTML parts, 0.71 s instead of 0.97.
 """
 
 from __future__ import annotations
 
 import contextlib
+import html
+import re
 from collections.abc import Sequence
 from html.parser import HTMLParser
 from typing import NamedTuple, Protocol
@@ -53,12 +61,66 @@ class MarkupReader(Protocol):
     def data(self, text: str) -> None: ...
 
 
+# What the short paths take, each a strict subset of what html.parser accepts the same
+# way.  Separators are the ASCII spaces its tag-name class stops at ([ \t\n\r\f]; its
+# other expressions use the Unicode \s, which would let "\xa0" split a name it keeps).
+_SPACE = r"[ \t\n\r\f]"
+#: `<p>`, `<a href="x" class='y'>`: a name of letters and digits, attributes each a
+#: name, "=" and a quoted value, then ">".  html.parser's parse_starttag reports for it
+#: the lower-cased name, each attribute (lower-cased name, value without its quotes,
+#: character references resolved; "" for an empty value), the tag as written.
+_SIMPLE_START_TAG = re.compile(
+    rf"<([a-zA-Z][a-zA-Z0-9]*)((?:{_SPACE}+[a-zA-Z][-a-zA-Z0-9_:.]*=(?:\"[^\"]*\"|'[^']*'))*)"
+    rf"{_SPACE}*>")
+_SIMPLE_ATTRIBUTE = re.compile(rf"{_SPACE}+([a-zA-Z][-a-zA-Z0-9_:.]*)=(?:\"([^\"]*)\"|'([^']*)')")
+#: An end tag `</p>` outside script/style: html.parser's endtagfind without its spaces.
+_BARE_END_TAG = re.compile(r"</([a-zA-Z][-.a-zA-Z0-9:_]*)>")
+
+
 class ReaderParser(HTMLParser):
-    """An HTMLParser that hands its events to a `MarkupReader` (the direct way)."""
+    """An HTMLParser that hands its events to a `MarkupReader` (the direct way).
+
+    Faster than its base on what most markup is made of, with the same events: start
+    tags whose attributes are all quoted (`<a href="x">`) and bare end tags (`</p>`)
+    take a short path that reports what html.parser would (see `_SIMPLE_START_TAG`);
+    every other construct goes to html.parser's own code, and the line and column
+    bookkeeping no reader uses is skipped (`updatepos`).
+    tests/unit/test_htmlevents.py holds the events to the unmodified parser's.
+    """
 
     def __init__(self, reader: MarkupReader) -> None:
         super().__init__(convert_charrefs=True)
         self._reader = reader
+
+    def updatepos(self, i: int, j: int) -> int:
+        """Skip the line and column bookkeeping: no reader asks for positions (getpos),
+        and html.parser's own use of the result is this return value, which is always
+        `j`.  It counted the newlines of every piece of the markup: a tenth of a parse."""
+        return j
+
+    def parse_starttag(self, i: int) -> int:
+        simple = _SIMPLE_START_TAG.match(self.rawdata, i)
+        if simple is None:
+            return super().parse_starttag(i)
+        tag = simple.group(1).lower()
+        attrs: Attributes = []
+        if simple.group(2):
+            for name, double, single in _SIMPLE_ATTRIBUTE.findall(simple.group(2)):
+                value = double or single
+                attrs.append((name.lower(), html.unescape(value) if "&" in value else value))
+        self.lasttag = tag
+        self._reader.start(tag, attrs, simple.group())
+        if tag in self.CDATA_CONTENT_ELEMENTS:
+            self.set_cdata_mode(tag)
+        return simple.end()
+
+    def parse_endtag(self, i: int) -> int:
+        bare = _BARE_END_TAG.match(self.rawdata, i) if self.cdata_elem is None else None
+        if bare is None:
+            return super().parse_endtag(i)
+        self._reader.end(bare.group(1).lower())
+        self.clear_cdata_mode()
+        return bare.end()
 
     def handle_starttag(self, tag: str, attrs: Attributes) -> None:
         self._reader.start(tag, attrs, self.get_starttag_text() or "")

@@ -4,7 +4,9 @@ scoring speed work): the visible text, the links and the style pass, replayed fr
 
 from __future__ import annotations
 
+import contextlib
 import random
+from html.parser import HTMLParser
 
 from mailward import htmlevents
 from mailward.checks import content, htmlstyle
@@ -74,3 +76,56 @@ def test_the_parse_records_html_parts_only() -> None:
     assert html.html_events is not None
     assert html.plain == "Hello there"
     assert content.links(html.text, html.html_events) == [("http://x.example/", "there")]
+
+
+class _StandardParser(HTMLParser):
+    """html.parser as it is, recording what ReaderParser reports: the reference."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.events: list[htmlevents.Event] = []
+
+    def handle_starttag(self, tag: str, attrs: htmlevents.Attributes) -> None:
+        self.events.append(htmlevents.StartTag(tag, attrs, self.get_starttag_text() or ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        self.events.append(htmlevents.EndTag(tag))
+
+    def handle_data(self, data: str) -> None:
+        self.events.append(htmlevents.Data(data))
+
+
+def _standard_events(html: str) -> list[htmlevents.Event]:
+    parser = _StandardParser()
+    with contextlib.suppress(AssertionError, ValueError):
+        parser.feed(html)
+    return parser.events
+
+
+_TAG_PIECES = ["<p>", "<P >", "</p>", "</P>", "</ p>", "</p x>", "<a", "<A", " ", "\t", "\n",
+               "\xa0", "\v", "href", "HREF", "=", " = ", '"x"', "'y'", '"a&amp;b"', "'&#65;'",
+               '""', "z", "/>", "/", ">", "<", "<br/>", "<script>", "</script>", "<style>",
+               "</style >", "text", "&amp;", "&", "<!-- c -->", "<b1>", "<h-1>", "<a:b>",
+               'data-x="1"', "<x\x00>", "\u0130", "'", '"', "</a:b>", "</1>"]
+
+
+def test_the_short_paths_report_what_html_parser_reports() -> None:
+    rng = random.Random(8)
+    simple = 0
+    for _ in range(30000):
+        html = "".join(rng.choice(_TAG_PIECES) for _ in range(rng.randint(0, 24)))
+        recorded = htmlevents.record(html)
+        assert recorded is not None
+        assert list(recorded) == _standard_events(html), repr(html)
+        simple += htmlevents._SIMPLE_START_TAG.search(html) is not None
+    assert simple > 10000  # the short path was taken often
+
+
+def test_a_quoted_attribute_tag_on_the_short_path() -> None:
+    html = '<A HREF="http://x.example/?a=1&amp;b=2" class=\'c\' title="">go</A>'
+    assert htmlevents._SIMPLE_START_TAG.match(html) is not None
+    assert list(htmlevents.record(html) or ()) == _standard_events(html) == [
+        htmlevents.StartTag("a", [("href", "http://x.example/?a=1&b=2"), ("class", "c"),
+                                  ("title", "")],
+                            '<A HREF="http://x.example/?a=1&amp;b=2" class=\'c\' title="">'),
+        htmlevents.Data("go"), htmlevents.EndTag("a")]
