@@ -114,14 +114,14 @@ class _StyleReader:
         values = {name: value or "" for name, value in attrs}
         css = values.get("style", "")
         background = normalise_colour(values.get("bgcolor", ""))
-        css_background = _STYLE_BACKGROUND.search(css)
+        css_background = _STYLE_BACKGROUND.search(css) if css else None  # most tags: none
         if css_background:
             background = normalise_colour(css_background.group(1)) or background
         if background and tag in ("body", "table", "tr", "td", "th", "div", "span", "p",
                                   "font", "center"):
             style.backgrounds = [*style.backgrounds[-50:], (tag, background)]
         colour = normalise_colour(values.get("color", "")) if tag == "font" else ""
-        css_colour = _STYLE_COLOUR.search(css)
+        css_colour = _STYLE_COLOUR.search(css) if css else None
         if css_colour:
             colour = normalise_colour(css_colour.group(1)) or colour
         if colour and colour == self._background():
@@ -129,14 +129,14 @@ class _StyleReader:
         if tag == "font":
             style.font_tags += 1
             self._font_size(values.get("size", "").strip())
-        size = _STYLE_FONT_SIZE.search(css)
+        size = _STYLE_FONT_SIZE.search(css) if css else None
         if size:
             points = float(size.group(1)) * (0.75 if size.group(2).lower() == "px" else 1.0)
             style.tiny_font |= points < 3.0
             style.big_font |= points >= 24.0
         if tag in ("form", "input", "textarea", "select"):
             style.form = True
-        if tag == "script" or any(name.startswith("on") for name in values) or \
+        if tag == "script" or (values and any(name.startswith("on") for name in values)) or \
                 values.get("href", "").strip().lower().startswith("javascript:"):
             style.script = True
         if tag == "img" and values.get("src", "").strip().lower().startswith(("http:", "https:")):
