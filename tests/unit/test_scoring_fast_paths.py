@@ -9,7 +9,7 @@ import random
 import re
 
 from mailward import mime
-from mailward.checks import headers, htmlstyle, phrases, urilist, urlforms
+from mailward.checks import headerforms, headers, htmlstyle, phrases, urilist, urlforms
 
 _WHITE = [chr(code) for code in range(0x3001) if chr(code).isspace()]
 _PIECES = [*_WHITE, "a", "B", "\u0130", "\xdf", "x y", "\r\n", "800", "1-888-555-1212",
@@ -197,3 +197,17 @@ def test_canonical_dates_parse_as_email_utils_parses_them() -> None:
         canonical += headers._CANONICAL_DATE.fullmatch(" ".join(text.split())) is not None
         assert headers.parse_timestamp(text) == _email_utils_timestamp(text), repr(text)
     assert canonical > 3000  # the fast path was taken often
+
+
+def test_recipient_name_search_finds_what_the_expression_per_recipient_finds() -> None:
+    rng = random.Random(13)
+    pieces = ["bob", "Bob", "bobby", " ", ",", " ,", "\u3000,", "x", "_", ".", "-", "\xe9",
+              "\u0661", "hi ", ":", "bob.", "a.bob"]
+    found = 0
+    for _ in range(20000):
+        subject = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        for local in ("bob", "a.b", "x-y"):
+            expected = re.search(rf"(?<![\w.-]){re.escape(local)}\s*,", subject) is not None
+            assert headerforms._names(subject, local) == expected, (subject, local)
+            found += expected
+    assert found > 200
