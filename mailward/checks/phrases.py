@@ -237,10 +237,11 @@ def _first_words(fragment: str, whole_word_tail: bool) -> frozenset[str]:
     return frozenset() if "" in words else frozenset(words)
 
 
-def _plain_characters(fragment: str) -> list[str | None]:
+def _plain_characters(fragment: str) -> list[str | None] | None:
     """The fragment's top-level items in order: a plain character, or None for anything
     that is not exactly one plain character in every match (a class, a group, an escape
-    such as \\d, an anchor, an item made optional or repeated by ?, *, + or {m,n})."""
+    such as \\d, an anchor, an item made optional or repeated by ?, *, + or {m,n}).
+    None when the fragment is an alternation itself ("a|b", a top-level "|")."""
     items: list[str | None] = []
     index = 0
     while index < len(fragment):
@@ -266,6 +267,8 @@ def _plain_characters(fragment: str) -> list[str | None]:
             if items:
                 items[-1] = None
             index += 1
+        elif char == "|":
+            return None
         elif char in ".^$":
             items.append(None)
             index += 1
@@ -279,30 +282,11 @@ def _required_text(fragment: str) -> str:
     """The longest plain text every match holds: the longest run of plain characters
     among the fragment's top-level items ("% off" of "\\d{2,3} ?% off", "million " of
     "(?:...)?million (?:...)?dollars", "1618" of "s\\.? ?1618"); "" when the fragment
-    has a top-level "|" (no one text is in every match)."""
-    if _top_level_bar(fragment):
+    is an alternation (no one text is in every match)."""
+    items = _plain_characters(fragment)
+    if items is None:
         return ""
-    runs = "".join(item or "\0" for item in _plain_characters(fragment)).split("\0")
-    return max(runs, key=len)
-
-
-def _top_level_bar(fragment: str) -> bool:
-    """Whether the fragment is an alternation itself ("a|b"; none of PHRASES is, today)."""
-    depth = 0
-    index = 0
-    while index < len(fragment):
-        char = fragment[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char == "[":
-            index = fragment.index("]", index + 2) + 1
-            continue
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "|" and depth == 0:
-            return True
-        index += 1
-    return False
+    return max("".join(item or "\0" for item in items).split("\0"), key=len)
 
 
 def _compile(category: str, fragment: str) -> _Phrase:
