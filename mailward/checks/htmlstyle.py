@@ -46,14 +46,14 @@ _NAMED_COLOURS = {
 _STYLE_COLOUR = re.compile(r"(?:^|[;\s\"'])color\s*:\s*([#\w]+)", re.I)
 _STYLE_BACKGROUND = re.compile(r"background(?:-color)?\s*:\s*([#\w]+)", re.I)
 _STYLE_FONT_SIZE = re.compile(r"font-size\s*:\s*(\d+(?:\.\d+)?)\s*(px|pt)", re.I)
-#: A comment inside a word ("vi<!-- x -->agra"): a letter, the comment, a letter.
-_COMMENT_IN_WORD = re.compile(r"[A-Za-z]<!--.{0,80}?-->[A-Za-z]", re.S)
-#: Tags inside a word ("vi<b></b>agra"): a letter, one or more short tags, a letter.
-_TAG_IN_WORD = re.compile(r"[a-z](?:<[a-z][^<>]{0,40}>|</[a-z]{1,6}>)+[a-z]")
-# The two as they are searched: led by the plain "<" or "<!--" with the letter before it
-# as a look-behind.  A leading class made the engine start a match at every letter of
-# the part (25 us each on a 2 KB part); a plain start it finds at C speed.  Each matches
-# one character later, and only where the expression above does (`_tags_in_words`).
+# A comment inside a word ("vi<!-- x -->agra"): a letter, the comment, a letter; tags
+# inside a word ("vi<b></b>agra"): a letter, one or more short tags, a letter.  Written
+# letter-first, `[A-Za-z]<!--.{0,80}?-->[A-Za-z]` and
+# `[a-z](?:<[a-z][^<>]{0,40}>|</[a-z]{1,6}>)+[a-z]`, the engine started a match at every
+# letter of the part (25 us each on a 2 KB part).  As searched, they are led by the plain
+# "<" or "<!--" it finds at C speed, the letter before as a look-behind: each matches one
+# character later, and only where the letter-first form does (`_tags_in_words`;
+# tests/unit/test_scoring_fast_paths.py holds them to it).
 _COMMENT_IN_WORD_SEARCH = re.compile(r"<!--(?<=[A-Za-z]<!--).{0,80}?-->[A-Za-z]", re.S)
 _TAG_IN_WORD_SEARCH = re.compile(
     r"<(?<=[a-z]<)(?:[a-z][^<>]{0,40}>|/[a-z]{1,6}>)(?:<[a-z][^<>]{0,40}>|</[a-z]{1,6}>)*[a-z]")
@@ -188,9 +188,10 @@ def letter_entities(html: str) -> int:
 
 
 def _tags_in_words(html: str, enough: int) -> int:
-    """How many `_TAG_IN_WORD` matches `findall` would return, counted up to `enough`.
+    """How many matches findall of the letter-first tag-in-word expression would return,
+    counted up to `enough`.
 
-    `_TAG_IN_WORD` matches at p where `_TAG_IN_WORD_SEARCH` matches at p + 1 (its look-
+    The letter-first form matches at p where `_TAG_IN_WORD_SEARCH` matches at p + 1 (its look-
     behind reads the letter at p), ending at the same place.  findall starts each search
     where the last match ended, so the letter of the next must be at or after that end:
     the search one character further.

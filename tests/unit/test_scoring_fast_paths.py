@@ -138,6 +138,10 @@ def test_text_words_agree_on_ascii_and_other_text() -> None:
     assert phrases.text_words("caf\xe9\u2019s order\u2014now") == {"caf\xe9", "s", "order", "now"}
 
 
+#: The letter-first expressions of the tag- and comment-in-word rules: the reference.
+_TAG_IN_WORD = re.compile(r"[a-z](?:<[a-z][^<>]{0,40}>|</[a-z]{1,6}>)+[a-z]")
+_COMMENT_IN_WORD = re.compile(r"[A-Za-z]<!--.{0,80}?-->[A-Za-z]", re.S)
+
 _MARKUP_PIECES = ["v", "Q", "ia", "x", "gr", "<b>", "</b>", "<i class=x>", "</font>", "<!-- x -->",
                   "<!--", "-->", "<", ">", "</", " ", "9", "<br/>", "</toolongtag>", "\xe9"]
 
@@ -147,11 +151,11 @@ def test_tag_and_comment_in_word_searches_find_what_the_letter_led_expressions_f
     counted = commented = 0
     for _ in range(20000):
         html = "".join(rng.choice(_MARKUP_PIECES) for _ in range(rng.randint(0, 40)))
-        expected = len(htmlstyle._TAG_IN_WORD.findall(html))
+        expected = len(_TAG_IN_WORD.findall(html))
         assert htmlstyle._tags_in_words(html, enough=99) == expected, repr(html)
         assert htmlstyle._tags_in_words(html, enough=3) == min(expected, 3), repr(html)
         counted += expected >= 3
-        found = htmlstyle._COMMENT_IN_WORD.search(html) is not None
+        found = _COMMENT_IN_WORD.search(html) is not None
         assert (htmlstyle._COMMENT_IN_WORD_SEARCH.search(html) is not None) == found, repr(html)
         commented += found
     assert counted > 30 and commented > 1000  # the pieces do make both
