@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from mailward.casefold import folded_matches
 from mailward.checks import mime as mime_check
 from mailward.checks.base import BuildContext, CheckInput, CheckSpec, ResultKey
 from mailward.checks.dnsbl import (
@@ -41,15 +42,8 @@ _URL_IN_LOWER_ASCII = re.compile(
 
 
 def _url_matches(text: str) -> Iterator[re.Match[str]]:
-    """`_URL`'s matches in `text`; on ASCII text, found in its lower-cased copy.
-
-    Only ASCII: lower() keeps its length and every character's class there, and re.I
-    matches an ASCII pattern on ASCII text as the lower-case pattern matches the lower-
-    cased text.  Elsewhere re.I lets "s" match the long s, which lower() keeps.
-    """
-    if text.isascii():
-        return _URL_IN_LOWER_ASCII.finditer(text.lower())
-    return _URL.finditer(text)
+    """`_URL`'s matches in `text` (on ASCII text, lower-cased: mailward/casefold.py)."""
+    return folded_matches(_URL, _URL_IN_LOWER_ASCII, text)
 
 
 @dataclass(frozen=True)

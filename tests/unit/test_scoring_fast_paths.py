@@ -8,7 +8,7 @@ import email.utils
 import random
 import re
 
-from mailward import mime
+from mailward import casefold, mime
 from mailward.checks import headerforms, headers, htmlstyle, phrases, urilist, urlforms
 
 _WHITE = [chr(code) for code in range(0x3001) if chr(code).isspace()]
@@ -171,9 +171,9 @@ def test_url_scans_on_lower_cased_ascii_find_what_case_folding_finds() -> None:
                                (urlforms._TEXT_URL, urlforms._TEXT_URL_IN_LOWER_ASCII)):
             expected = [[match.group(group) or "" for group in range(folding.groups + 1)]
                         for match in folding.finditer(text)]
-            found = [[urlforms._written(text, match, group)
+            found = [[casefold.written(text, match, group)
                       for group in range(folding.groups + 1)]
-                     for match in urlforms._matches(folding, lower, text)]
+                     for match in casefold.folded_matches(folding, lower, text)]
             assert found == expected, repr(text)
         assert [match.group(0) for match in urilist._url_matches(text)] == \
             [match.group(0).lower() for match in urilist._URL.finditer(text)], repr(text)
