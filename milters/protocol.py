@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: The protocol version this implementation speaks (Sendmail 8.14+ / Postfix).
@@ -138,7 +139,8 @@ class Macros:
     """SMFIC_MACRO: name/value pairs for the command named by `stage` (e.g. b"C")."""
 
     stage: bytes
-    values: dict[str, str]
+    #: Read-only: `CommandReader` hands the same event out again for a repeated packet.
+    values: Mapping[str, str]
     #: A name arrived without its value (the packet libmilter crashes on); the pairs
     #: before it are kept, the stray name is dropped.
     malformed: bool = False
@@ -290,6 +292,12 @@ def decode(code: int, data: bytes) -> Event:
     raise ProtocolError(f"unknown command {bytes([code])!r}")
 
 
+#: How many distinct macro packets a connection keeps decoded, and up to what length
+#: (Postfix's default macro lists make packets of a few dozen bytes).
+_MAX_CACHED_MACRO_PACKETS = 32
+_MAX_CACHED_MACROS_LENGTH = 1024
+
+
 class CommandReader:
     """Splits the byte stream from the MTA into commands, whatever the read boundaries.
 
@@ -301,6 +309,10 @@ class CommandReader:
     def __init__(self, max_packet: int = MAX_PACKET) -> None:
         self._pending = b""
         self._max_packet = max_packet
+        # Postfix repeats one macro packet before every header of a message (the
+        # end-of-header macros, usually just the queue id): decoded once, not per
+        # header.  Bounded, per connection, small packets only.
+        self._macros: dict[bytes, Macros] = {}
 
     def receive(self, data: bytes) -> list[Event]:
         """The commands that `data` completes, in order (raises ProtocolError)."""
@@ -317,10 +329,23 @@ class CommandReader:
             end = start + 4 + length
             if end > size:
                 break
-            events.append(decode(data[start + 4], data[start + 5:end]))
+            code = data[start + 4]
+            if code == _MACRO and length <= _MAX_CACHED_MACROS_LENGTH:
+                events.append(self._decode_macros(data[start + 5:end]))
+            else:
+                events.append(decode(code, data[start + 5:end]))
             start = end
         self._pending = data[start:] if start < size else b""
         return events
+
+    def _decode_macros(self, data: bytes) -> Macros:
+        """`decode_macros`, answered from the packets seen before when it repeats one."""
+        event = self._macros.get(data)
+        if event is None:
+            event = decode_macros(data)
+            if len(self._macros) < _MAX_CACHED_MACRO_PACKETS:
+                self._macros[data] = event
+        return event
 
     @property
     def buffered(self) -> int:

@@ -79,6 +79,23 @@ def test_a_macro_name_without_its_value_is_dropped_and_flagged_not_fatal():
     assert events(mta.packet(mta.SMFIC_MACRO, b"E")) == [Macros(b"E", {})]
 
 
+def test_a_repeated_macro_packet_decodes_as_often_as_it_is_sent_to_the_same_values():
+    # Postfix sends the end-of-header macros before every header; the reader decodes a
+    # repeat once, and a changed packet (the next message's queue id) afresh.
+    first = mta.packet(mta.SMFIC_MACRO, b"Ni\0QID1\0")
+    header = mta.encode_header("Subject", " hi")
+    second = mta.packet(mta.SMFIC_MACRO, b"Ni\0QID2\0")
+    reader = CommandReader()
+    decoded = reader.receive(first + header + first + header + second + header)
+    assert decoded[0::2] == [Macros(b"N", {"i": "QID1"}), Macros(b"N", {"i": "QID1"}),
+                             Macros(b"N", {"i": "QID2"})]
+    assert decoded[1::2] == [HeaderField(b"Subject", b" hi")] * 3
+    # Hundreds of distinct packets: every one still decodes to its own values.
+    many = [mta.packet(mta.SMFIC_MACRO, b"Ni\0Q%d\0" % n) for n in range(200)]
+    assert reader.receive(b"".join(many + many)) == [
+        Macros(b"N", {"i": f"Q{n}"}) for n in [*range(200), *range(200)]]
+
+
 def test_8bit_macro_values_and_headers_decode_without_raising():
     data = mta.packet(mta.SMFIC_MACRO, b"M{auth_authen}\0j\xf6rg\0")
     (macros,) = events(data)
