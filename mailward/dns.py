@@ -32,7 +32,7 @@ from dns.rdata import Rdata
 from dns.rdtypes.ANY.SOA import SOA
 from dns.rdtypes.ANY.TXT import TXT
 
-from mailward import dnsbudget, metrics
+from mailward import dnsbudget, metrics, turns
 from mailward.config import DnsSettings
 from mailward.ttlcache import TtlCache
 
@@ -232,9 +232,10 @@ class DnsResolver:
         except (dns.exception.DNSException, ValueError):
             return DnsAnswer(name, rdtype, Outcome.INVALID_NAME, error=INVALID_NAME_TEXT)
         try:
-            result = self._resolver.resolve(
-                qname, qtype, raise_on_no_answer=False, search=False, lifetime=lifetime
-            )
+            with turns.waiting():  # another message computes meanwhile
+                result = self._resolver.resolve(
+                    qname, qtype, raise_on_no_answer=False, search=False, lifetime=lifetime
+                )
         except dns.resolver.NXDOMAIN as exc:
             return DnsAnswer(
                 name, rdtype, Outcome.NXDOMAIN, ttl=self._negative_ttl(exc.response(qname))  # type: ignore[no-untyped-call]

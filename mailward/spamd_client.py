@@ -16,6 +16,7 @@ from __future__ import annotations
 import socket
 import time
 
+from mailward import turns
 from mailward.config import SocketAddress, SocketKind
 from mailward.spamc_protocol import (
     Command,
@@ -83,7 +84,7 @@ class SpamdClient:
         data = encode_request(command, message, self.user)
         deadline = _Deadline(self.timeout)
         try:
-            with self._connect(deadline) as sock:
+            with turns.waiting(), self._connect(deadline) as sock:
                 _send_all(sock, data, deadline)
                 return _receive(sock, deadline)
         except TimeoutError as exc:  # socket.timeout is TimeoutError

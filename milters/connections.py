@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from mailward import metrics
+from mailward.turns import Turns
 from milters.engine import MilterConnection, SessionFactory
 from milters.protocol import ProtocolError
 
@@ -84,12 +85,17 @@ class MessageThreads:
     handshake needs the GIL twice).  The most recently idle thread is picked (a stack,
     not a queue), so under steady load the same few threads do the work, and those a
     burst of slow DNS added stay idle and end after `idle_timeout` seconds.
+
+    The tasks compute one at a time, in the order they were submitted, each giving its
+    turn away while it waits on the network (mailward/turns.py: without that, the GIL
+    served them in no order and a message's latency was that of all in flight).
     """
 
     def __init__(self, idle_timeout: float = 60.0) -> None:
         self._idle_timeout = idle_timeout
         self._lock = threading.Lock()
         self._idle: list[_Idle] = []
+        self.turns = Turns()
 
     @property
     def idle(self) -> int:
@@ -97,6 +103,7 @@ class MessageThreads:
 
     def submit(self, task: Callable[[], None]) -> bool:
         """Run `task` on an idle thread, or a new one; False if no thread could start."""
+        task = self._in_turn(task, self.turns.ticket())
         with self._lock:
             idle = self._idle.pop() if self._idle else None
         if idle is not None:
@@ -109,6 +116,12 @@ class MessageThreads:
         except RuntimeError:
             return False
         return True
+
+    def _in_turn(self, task: Callable[[], None], ticket: int) -> Callable[[], None]:
+        def run() -> None:
+            with self.turns.held(ticket):
+                task()
+        return run
 
     def _run(self, task: Callable[[], None] | None) -> None:
         me = _Idle()

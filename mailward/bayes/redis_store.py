@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from mailward import turns
 from mailward.bayes.classifier import TokenCounts
 from mailward.bayes.store import (
     DEFAULT_LIMITS,
@@ -85,7 +86,8 @@ class RedisBayesStore(BayesStore):
 
     def totals(self) -> Totals:
         try:
-            counts = self._client.hgetall(f"{self._prefix}bayes:n")
+            with turns.waiting():  # another message computes meanwhile
+                counts = self._client.hgetall(f"{self._prefix}bayes:n")
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         return Totals(int(counts.get(b"spam", 0)), int(counts.get(b"ham", 0)))
@@ -96,7 +98,8 @@ class RedisBayesStore(BayesStore):
             pipe = self._client.pipeline(transaction=False)
             for key in hashed:
                 pipe.hmget(self._token_key(key), "s", "h")
-            replies = pipe.execute()
+            with turns.waiting():
+                replies = pipe.execute()
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         found = {}

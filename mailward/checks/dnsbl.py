@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from mailward import metrics
+from mailward import metrics, turns
 from mailward.checks.base import BuildContext, Check, CheckInput, CheckSpec, ResultKey, Symbol
 from mailward.configreader import Table, domain_name
 from mailward.dns import DnsAnswer, Resolver, cached_answer
@@ -188,7 +188,8 @@ class ListLookups:
                             else self._pool.submit(_ask, self._resolver, dns_list, name)))
         pending = [future for _, _, future in futures if isinstance(future, Future)]
         if pending:
-            wait(pending, timeout=timeout)
+            with turns.waiting():  # another message computes meanwhile
+                wait(pending, timeout=timeout)
         answers: list[ListAnswer] = []
         for dns_list, name, future in futures:
             if isinstance(future, ListAnswer):

@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from mailward import turns
 from mailward.reports.records import Observation, PublishedPolicy, ReportRow
 from mailward.reports.store import (
     DAY,
@@ -74,7 +75,8 @@ class RedisReportStore:
 
     def _call(self, operation: str, run: Any) -> Any:
         try:
-            return run()
+            with turns.waiting():  # another message computes meanwhile
+                return run()
         except RedisError as exc:
             raise ReportStoreError(f"redis {operation}: {exc}") from exc
 

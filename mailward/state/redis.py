@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
+from mailward import turns
 from mailward.state.base import (
     GreylistOutcome,
     GreylistParams,
@@ -236,9 +237,10 @@ class RedisStore(StateStore):
     def _run(self, script: _Script, keys: list[str], args: list[str]) -> Any:
         self._check_open()
         try:
-            try:
-                return self._client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return self._client.eval(script.text, len(keys), *keys, *args)
+            with turns.waiting():  # another message computes meanwhile
+                try:
+                    return self._client.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return self._client.eval(script.text, len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
             raise StateUnavailable(self.backend, f"{self._where()}: {exc}") from exc
