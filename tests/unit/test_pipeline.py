@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import random
 from dataclasses import replace
 
 import pytest
@@ -276,6 +277,19 @@ def test_connection_label_and_headers_named():
         (3, "(x) MX.example.net;\r\n\tdkim=pass"),
     ]
     assert TRANSACTION.log_id == "4ABC"
+
+
+def test_headers_named_answers_as_a_scan_of_every_header_would():
+    # The lookups come from an index made once per Transaction: the same pairs, in
+    # order, as the scan it replaced, for every spelling of every name and for none.
+    rng = random.Random(8)
+    names = ["Received", "received", "RECEIVED", "From", "X-Spam-Flag", "x-spam-flag", "To"]
+    for _ in range(200):
+        headers = tuple(Header(rng.choice(names), f"v{n}") for n in range(rng.randint(0, 12)))
+        transaction = Transaction("Q", "a@example.org", ("b@example.net",), headers)
+        for wanted in [*names, "Subject", "subject"]:
+            scanned = [header for header in headers if header.name.lower() == wanted.lower()]
+            assert list(transaction.headers_named(wanted)) == list(enumerate(scanned, 1))
 
 
 # --------------------------------------------------------------------------- signing
