@@ -295,7 +295,7 @@ def decode(code: int, data: bytes) -> Event:
 #: How many distinct macro packets a connection keeps decoded, and up to what length
 #: (Postfix's default macro lists make packets of a few dozen bytes).
 _MAX_CACHED_MACRO_PACKETS = 32
-_MAX_CACHED_MACROS_LENGTH = 1024
+_MAX_CACHED_MACRO_LENGTH = 1024
 
 
 class CommandReader:
@@ -330,7 +330,7 @@ class CommandReader:
             if end > size:
                 break
             code = data[start + 4]
-            if code == _MACRO and length <= _MAX_CACHED_MACROS_LENGTH:
+            if code == _MACRO and length <= _MAX_CACHED_MACRO_LENGTH:
                 events.append(self._decode_macros(data[start + 5:end]))
             else:
                 events.append(decode(code, data[start + 5:end]))
@@ -343,8 +343,11 @@ class CommandReader:
         event = self._macros.get(data)
         if event is None:
             event = decode_macros(data)
-            if len(self._macros) < _MAX_CACHED_MACRO_PACKETS:
-                self._macros[data] = event
+            if len(self._macros) >= _MAX_CACHED_MACRO_PACKETS:
+                # Full of past messages' queue ids (a connection Postfix reuses with
+                # QUIT_NC): start again rather than stop caching for good.
+                self._macros.clear()
+            self._macros[data] = event
         return event
 
     @property

@@ -94,6 +94,10 @@ def test_a_repeated_macro_packet_decodes_as_often_as_it_is_sent_to_the_same_valu
     many = [mta.packet(mta.SMFIC_MACRO, b"Ni\0Q%d\0" % n) for n in range(200)]
     assert reader.receive(b"".join(many + many)) == [
         Macros(b"N", {"i": f"Q{n}"}) for n in [*range(200), *range(200)]]
+    # After that many, the next message's repeated packet is still decoded once.
+    third = mta.packet(mta.SMFIC_MACRO, b"Ni\0QID3\0")
+    (again,) = reader.receive(third)
+    assert again == Macros(b"N", {"i": "QID3"}) and reader.receive(third)[0] is again
 
 
 def test_8bit_macro_values_and_headers_decode_without_raising():
